@@ -1,0 +1,61 @@
+"""convlens: understand and visualize convolutional neural networks.
+
+A flat public API over small private modules (``from convlens import summary, parse``); names
+are imported on first use so that ``import convlens`` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .errors import (
+    ConvLensError,
+    DataError,
+    InputError,
+    LayerNotFoundError,
+    RunError,
+    ShapeError,
+    SpecError,
+    UnknownModelError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    # architecture
+    "parse": "convlens.arch.grammar",
+    "describe": "convlens.arch.grammar",
+    "GrammarNet": "convlens.arch.grammar",
+    "create": "convlens.arch.zoo",
+    "list_models": "convlens.arch.zoo",
+    "summary": "convlens.arch.summary",
+    "Summary": "convlens.arch.summary",
+    "receptive_field": "convlens.arch.receptive",
+    "resolve_layer": "convlens.layers",
+    # training and evaluation
+    "gradcheck": "convlens.train.gradcheck",
+    "train": "convlens.train.fit",
+    "load_run": "convlens.train.runs",
+    "evaluate": "convlens.train.evaluate",
+}
+_MODULES = {"datasets": "convlens.datasets"}
+_ALIASES = {"resolve_layer": "resolve"}
+
+__all__ = sorted(_API) + sorted(_MODULES) + [
+    "ConvLensError", "DataError", "InputError", "LayerNotFoundError", "RunError", "ShapeError", "SpecError",
+    "UnknownModelError",
+]
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), _ALIASES.get(name, name))
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'convlens' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

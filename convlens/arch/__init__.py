@@ -1,0 +1,1 @@
+"""Architectures: the lecture's grammar, the model zoo, per-layer summaries, receptive fields."""
