@@ -59,9 +59,10 @@ register(ZooEntry(
     "CONV3-256,RELU,POOL3/2c,FC-4096,RELU,DROPOUT,FC-4096,RELU,DROPOUT,FC-1000,SOFTMAX",
     (3, 224, 224), 1000,
     paper="Zeiler & Fergus 2014, Visualizing and understanding convolutional networks (Figure 3)"))
-for _name, _blocks in (("vgg11", [1, 1, 2, 2, 2]), ("vgg16", [2, 2, 3, 3, 3]), ("vgg19", [2, 2, 4, 4, 4])):
+for _name, _blocks, _cfg in (("vgg11", [1, 1, 2, 2, 2], "A"), ("vgg16", [2, 2, 3, 3, 3], "D"),
+                             ("vgg19", [2, 2, 4, 4, 4], "E")):
     register(ZooEntry(_name, _vgg(_blocks), (3, 224, 224), 1000, naming="vgg", layout="torchvision",
-                      paper="Simonyan & Zisserman 2015, Very deep convolutional networks (configurations A, D, E)"))
+                      paper=f"Simonyan & Zisserman 2015, Very deep convolutional networks (configuration {_cfg})"))
 
 
 def list_models(pattern: str = "*") -> list[str]:

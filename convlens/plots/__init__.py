@@ -1,0 +1,4 @@
+"""Matplotlib figures for convlens results (imported lazily; the Agg backend, no display needed).
+
+Result objects' ``.plot()`` methods delegate here; report sections turn the figures into PNGs.
+"""
