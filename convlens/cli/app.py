@@ -5,6 +5,8 @@ import sys
 
 import typer
 
+from typer.exceptions import TyperException
+
 from ..errors import ConvLensError
 
 app = typer.Typer(
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import commands  # noqa: F401  (registers every command on `app`)
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # returns a command's typer.Exit code
     except ConvLensError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
@@ -30,10 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         raise SystemExit(130)
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            raise SystemExit(err.exit_code)
-        raise
+    except TyperException as err:  # usage errors: bad option values, missing arguments
+        show = getattr(err, "show", None)
+        show() if show else print(f"error: {err.format_message()}", file=sys.stderr)
+        raise SystemExit(err.exit_code)
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
