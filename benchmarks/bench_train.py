@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 EPOCHS = 2
 BATCH = 64
-REPEATS = 2
+REPEATS = 3
 CASES = (  # (name, arch, dataset, n training images)
     ("demo net, shapes 64x64", "shapesnet", "shapes", 1024),
     ("tiny net, digits 32x32", "CONV3-8-RELU-POOL2,CONV3-16-RELU-POOL2,FC", "digits", 1024),
@@ -30,7 +30,7 @@ def bare_loop(arch: str, ds, *, epochs: int, batch: int, seed: int = 0) -> torch
     """The loop a PyTorch user writes by hand."""
     from convlens.arch.grammar import parse
     from convlens.arch.zoo import create, is_zoo_name
-    from convlens.train.fit import channel_stats
+    from convlens.training.fit import channel_stats
 
     torch.manual_seed(seed)
     k = len(ds.class_names)
@@ -54,7 +54,7 @@ def bare_loop(arch: str, ds, *, epochs: int, batch: int, seed: int = 0) -> torch
 
 
 def convlens_loop(arch: str, ds, *, epochs: int, batch: int, out: str) -> None:
-    from convlens.train.fit import train
+    from convlens.training.fit import train
 
     train(arch, ds, out=out, test_data=False, epochs=epochs, batch_size=batch, optimizer="sgd", lr=0.05,
           momentum=0.9, weight_decay=5e-4, augment=False, progress=False, device="cpu", overwrite=True)

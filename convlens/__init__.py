@@ -33,10 +33,10 @@ _API = {
     "receptive_field": "convlens.arch.receptive",
     "resolve_layer": "convlens.layers",
     # training and evaluation
-    "gradcheck": "convlens.train.gradcheck",
-    "train": "convlens.train.fit",
-    "load_run": "convlens.train.runs",
-    "evaluate": "convlens.train.evaluate",
+    "gradcheck": "convlens.training.gradcheck",
+    "train": "convlens.training.fit",
+    "load_run": "convlens.training.runs",
+    "evaluate": "convlens.training.evaluate",
 }
 _MODULES = {"datasets": "convlens.datasets"}
 _ALIASES = {"resolve_layer": "resolve"}

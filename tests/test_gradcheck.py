@@ -19,7 +19,7 @@ from torch import nn
 
 import convlens
 from convlens import InputError, SpecError, UnknownModelError
-from convlens.train.gradcheck import GradcheckResult, gradcheck
+from convlens.training.gradcheck import GradcheckResult, gradcheck
 
 
 # -- fixtures: a function with a right and a wrong backward ------------------------------------------

@@ -24,7 +24,6 @@ import html
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from math import prod
 
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, SpecError, expect
+from ..io import atomic_write_text
 from ..layers import display_names
 from .geometry import Axis, Geometry
 from .tracing import Call, trace
@@ -178,17 +178,7 @@ class Summary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON atomically (a temporary file in the same folder, then ``os.replace``)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict) -> "Summary":

@@ -95,3 +95,9 @@ def _resize_last_fc(spec: str, num_classes: int) -> str:
 
 def is_zoo_name(name: str) -> bool:
     return str(name).lower() in _REGISTRY
+
+
+register(ZooEntry(
+    "shapesnet", "CONV5-32/2,BN,RELU,POOL2,CONV3-64,BN,RELU,POOL2,CONV3-128,BN,RELU,POOL2,CONV3-128,BN,RELU,GAP,"
+    "FC-10,SOFTMAX", (3, 64, 64), 10,
+    paper="convlens's demo model for the built-in shapes data (convlens.training.fit.DEMO_RECIPE)"))

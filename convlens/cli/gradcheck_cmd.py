@@ -26,7 +26,7 @@ def gradcheck_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check gradients numerically by finite differences: exit 0 when every layer passes, 1 otherwise."""
-    from ..train.gradcheck import gradcheck
+    from ..training.gradcheck import gradcheck
 
     given = {"samples": samples, "batch_size": batch_size, "eps": eps, "tol": tol}
     result = gradcheck(model, parse_input_size(input), seed=seed, batch_stats=batch_stats,

@@ -20,7 +20,8 @@ def architecture(ctx) -> Section | None:
     rows = []
     for r in d["layers"]:
         h, w, c = r["output_shape"]
-        rows.append([r["name"], r["type"], f"{h}x{w}x{c}", r["activations"], r["weights"], r["biases"],
+        memory = r["activations"] if r["counted"] else f"({r['activations']:,})"
+        rows.append([r["name"], r["type"], f"{h}x{w}x{c}", memory, r["weights"], r["biases"],
                      r["macs"], "" if r["rf"] is None else str(r["rf"]), "" if r["jump"] is None else str(r["jump"])])
     blocks = [
         Metrics({"parameters": f"{d['total_params']:,}", "weights (no biases)": f"{d['total_weights']:,}",
@@ -34,6 +35,8 @@ def architecture(ctx) -> Section | None:
     blocks += [
         Table(["layer", "type", "output (HxWxC)", "memory (values)", "weights", "biases", "mult-adds",
                "receptive field", "jump"], rows),
+        Text("Memory in parentheses is not counted in the total: in-place results, views, and element-wise "
+             "activations and dropout, which deployed networks apply in place (as the lecture's table counts)."),
         Figure("memory-params", to_png(memory_and_params(d)),
                "Activations per image and parameters per layer (log scale): as the lecture notes for VGG-16, "
                "most memory is in the early convolutions and most parameters in the late fully connected layers."),

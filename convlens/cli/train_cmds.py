@@ -1,0 +1,65 @@
+"""`convlens train` and `convlens evaluate`: thin wrappers over convlens.train and convlens.evaluate."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., "--out", help="Run directory to create, or to resume."),
+    arch: str = typer.Option("shapesnet", "--arch", help="Zoo name or grammar spec (last FC without a width)."),
+    data: str = typer.Option("shapes", "--data", help="Dataset name (shapes, digits, photos) or path."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the demo recipe's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adam."),
+    momentum: Optional[float] = typer.Option(None, "--momentum"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, step or none."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random flips and small shifts."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: slice in memory)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over if OUT holds a different run."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a network into a resumable run directory (re-run the same command to resume)."""
+    from ..training.fit import train
+
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                 weight_decay=weight_decay, schedule=schedule)
+    options = {k: v for k, v in given.items() if v is not None}
+    run = train(arch, data, out=out, augment=augment, seed=seed, num_workers=workers, device=device,
+                overwrite=overwrite, progress=not quiet, **options)
+    last = run.history[-1] if run.history else {}
+    if run.already_done:
+        typer.echo(f"{out}: already trained ({len(run.history)} epochs, same settings); nothing to do")
+    acc = last.get("test_acc")
+    typer.echo(f"run: {out}  epochs: {len(run.history)}" + (f"  test accuracy: {acc:.4f}" if acc is not None else ""))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="Run directory (or weight file with --arch)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name or path (default: the run's test split)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the text report."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the JSON report to this file."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo name or spec, for a bare weight file."),
+    k: int = typer.Option(5, "--k", help="Top-k error to report besides top-1."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+) -> None:
+    """Top-1/top-k error, per-class accuracy, easiest/hardest classes, most-confused pairs."""
+    from ..training.evaluate import evaluate
+    from ..training.runs import load_run
+
+    loaded = load_run(run, arch=arch) if arch else load_run(run)
+    result = evaluate(loaded, data, k=k, batch_size=batch_size)
+    if save is not None:
+        result.save(save)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))

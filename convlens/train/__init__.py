@@ -1,1 +1,0 @@
-"""Training, evaluation, runs on disk, gradient checking."""
