@@ -23,14 +23,13 @@ from __future__ import annotations
 import html
 import json
 import os
-import re
 from dataclasses import dataclass
 from math import prod
 
 import torch
 from torch import nn
 
-from ..errors import InputError, SpecError, expect
+from ..errors import InputError, expect
 from ..io import atomic_write_text
 from ..layers import display_names
 from .geometry import Axis, Geometry
@@ -289,21 +288,13 @@ def _hwc(t: torch.Tensor | None) -> tuple[int, int, int]:
 
 def _resolve_model(model, input_size) -> tuple[nn.Module, str]:
     from . import zoo
-    from .grammar import parse
 
     if isinstance(model, nn.Module):
         return model, type(model).__name__
     if not isinstance(model, str):
         raise expect("model", "an nn.Module, a zoo name such as 'vgg16' or a grammar spec", type(model).__name__)
     with torch.device("meta"):  # parameters without storage: a summary of VGG-16 allocates nothing
-        if zoo.is_zoo_name(model):
-            return zoo.create(model, input_shape=input_size), model.lower()
-        try:
-            return parse(model, input_shape=input_size or (3, 224, 224)), model
-        except SpecError:
-            if re.fullmatch(r"[A-Za-z][\w.]*", model.strip()):
-                zoo.get_entry(model)  # a bare word that is no layer: an unknown zoo name, with suggestions
-            raise
+        return zoo.build(model, input_shape=input_size), model.lower() if zoo.is_zoo_name(model) else model
 
 
 def _check_size(size) -> tuple[int, int, int]:

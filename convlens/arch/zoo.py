@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 
-from ..errors import UnknownModelError, suggest
+from ..errors import SpecError, UnknownModelError, suggest
 from .grammar import GrammarNet, parse
 
 
@@ -95,6 +96,27 @@ def _resize_last_fc(spec: str, num_classes: int) -> str:
 
 def is_zoo_name(name: str) -> bool:
     return str(name).lower() in _REGISTRY
+
+
+def build(name_or_spec: str, *, input_shape: tuple[int, int, int] | None = None,
+          num_classes: int | None = None) -> GrammarNet:
+    """A zoo model by name, or the network a grammar spec describes (input (3, 224, 224) unless given).
+
+    A bare word close to a zoo name (``vggg16``) raises UnknownModelError with suggestions rather
+    than the grammar's SpecError.
+    """
+    if not isinstance(name_or_spec, str):
+        raise SpecError(f"a model must be named by a zoo name or a grammar spec string; got {type(name_or_spec).__name__}")
+    if is_zoo_name(name_or_spec):
+        return create(name_or_spec, num_classes=num_classes, input_shape=input_shape)
+    try:
+        return parse(name_or_spec, input_shape=input_shape or (3, 224, 224),
+                     **({} if num_classes is None else {"num_classes": num_classes}))
+    except SpecError:
+        word = name_or_spec.strip().lower()
+        if re.fullmatch(r"[a-z][\w.]*", word) and suggest(word, _REGISTRY):
+            get_entry(word)  # a misspelt zoo name: UnknownModelError with "did you mean"
+        raise
 
 
 register(ZooEntry(

@@ -21,13 +21,6 @@ def parse_input_size(text: str | None) -> tuple[int, int, int] | None:
 
 def build_model(name_or_spec: str, input_size: tuple[int, int, int] | None):
     """A zoo model by name, or the model a grammar spec describes (input size from --input)."""
-    from ..arch import zoo
-    from ..arch.grammar import parse
+    from ..arch.zoo import build
 
-    if zoo.is_zoo_name(name_or_spec):
-        return zoo.create(name_or_spec, input_shape=input_size)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name_or_spec) and not any(
-            name_or_spec.upper().startswith(w) for w in ("CONV", "POOL", "AVGPOOL", "FC", "GAP", "LRN", "NORM",
-                                                         "BN", "RELU", "TANH", "SIGMOID", "DROPOUT", "SOFTMAX")):
-        zoo.get_entry(name_or_spec)  # a bare word that is neither: raise UnknownModelError with suggestions
-    return parse(name_or_spec, input_shape=input_size or (3, 224, 224))
+    return build(name_or_spec, input_shape=input_size)

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..arch.grammar import GrammarNet, describe, parse
-from ..arch.zoo import create, is_zoo_name
+from ..arch.grammar import GrammarNet, describe
+from ..arch.zoo import build, is_zoo_name
 from ..errors import InputError, RunError, expect
 from .checkpoint import (differences, load_checkpoint, prepare_out, save_checkpoint, save_tensors, stale_manifest,
                          write_json)
@@ -329,7 +329,7 @@ def _build(arch, ds) -> tuple[GrammarNet, dict]:
         net = arch
     elif isinstance(arch, str):
         name = arch.lower() if is_zoo_name(arch) else None
-        net = create(arch, num_classes=k, input_shape=shape) if name else parse(arch, input_shape=shape, num_classes=k)
+        net = build(arch, num_classes=k, input_shape=shape)
     else:
         raise expect("arch", "a zoo name, a grammar spec or a GrammarNet", type(arch).__name__)
     if tuple(net.input_shape) != shape or net.num_classes != k:

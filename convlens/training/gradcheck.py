@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..errors import InputError, SpecError, expect, suggest
+from ..errors import InputError, expect
 from ..layers import display_names
 
 SAMPLES = 8
@@ -296,19 +296,11 @@ def _float64_copy(model, input_size, seed: int) -> tuple[str, nn.Module]:
     if not isinstance(model, str):
         raise expect("model", "an nn.Module, a zoo name or a grammar spec", type(model).__name__)
     from ..arch import zoo
-    from ..arch.grammar import parse
 
     shape = None if input_size is None else _check_size(input_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        if zoo.is_zoo_name(model):
-            return model, zoo.create(model, input_shape=shape).double()
-        try:
-            return model, parse(model, input_shape=shape or (3, 224, 224)).double()
-        except SpecError:
-            if model.isidentifier() and suggest(model.lower(), zoo.list_models()):
-                zoo.get_entry(model)  # a misspelt zoo name: UnknownModelError with "did you mean"
-            raise
+        return model, zoo.build(model, input_shape=shape).double()
 
 
 def _input_shape(net: nn.Module, input_size) -> tuple[int, int, int]:

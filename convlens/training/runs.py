@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..arch.grammar import describe, parse
-from ..arch.zoo import create, get_entry, is_zoo_name
+from ..arch.zoo import build, get_entry, is_zoo_name
 from ..errors import ConvLensError, InputError, RunError
 from ..layers import lecture_names
 from .checkpoint import load_tensors, read_json
@@ -294,9 +294,7 @@ def _build_for_file(arch, state, input_shape, class_names) -> tuple[nn.Module, t
 
 
 def _make(arch: str, shape: tuple[int, int, int], num_classes: int | None) -> nn.Module:
-    if is_zoo_name(arch):
-        return create(arch, num_classes=num_classes, input_shape=shape)
-    return parse(arch, input_shape=shape, num_classes=num_classes or 10)
+    return build(arch, input_shape=shape, num_classes=num_classes)
 
 
 def _spec_of(net: nn.Module) -> str | None:
