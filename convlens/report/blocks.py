@@ -5,8 +5,11 @@ the same and later capabilities add sections without touching the page.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
+
+_NUMBER_TEXT = re.compile(r"^\(?[-+]?[\d,]*\.?\d+\)?%?$")  # '(32,768)', '97.0%': right-aligned like numbers
 
 
 @dataclass
@@ -44,7 +47,7 @@ class Table:
                 elif isinstance(v, float):
                     cells.append((f"{v:,.4g}", True))
                 else:
-                    cells.append((str(v), False))
+                    cells.append((str(v), bool(_NUMBER_TEXT.match(str(v)))))
             out.append(cells)
         return out
 
