@@ -1,0 +1,80 @@
+"""convlens.features over every conv layer at once vs bare ``torch.no_grad()`` forward passes.
+
+Model: the demo run (``runs/demo``, shapesnet on shapes) when it exists, else a shapesnet with
+random weights (same cost). Data: the ``shapes`` test split (1,000 images, 3x64x64), fed as [0, 1]
+pixels through ``run.pixel_model()``. Both sides use the same images, batch size and model in eval
+mode; the peer is the plain loop ``for batch: model(batch)`` that computes (and discards) the full
+forward. convlens additionally hooks the 4 conv layers, max-pools each output per channel inside
+the hook, copies the (B, C) results into numpy arrays, shows no progress bar (``progress=False``),
+and stops the forward after the last conv layer.
+
+Time: median wall time of ``REPEATS`` runs after one warm-up run each, alternating the two sides
+so drift affects both. Goal: ratio <= 1.15x. A second row measures the same with ``pool="flat"``
+(full maps copied out: 57 K floats per image) for scale.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+REPEATS = 5
+BATCH = 128
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _model():
+    import convlens
+
+    demo = ROOT / "runs" / "demo"
+    if (demo / "run.json").exists():
+        return convlens.load_run(demo).pixel_model().eval(), "runs/demo"
+    from convlens.training.runs import PixelModel
+    import torch
+
+    net = convlens.create("shapesnet").eval()
+    return PixelModel(net, torch.full((3,), 0.5), torch.full((3,), 0.25)).eval(), "shapesnet (random weights)"
+
+
+def run() -> list[dict]:
+    import torch
+    from torch import nn
+
+    import convlens
+    from convlens import datasets
+
+    model, source = _model()
+    images = datasets.load("shapes", split="test").images  # (1000, 3, 64, 64)
+    convs = [name for name, path in model.lecture_names.items()
+             if isinstance(dict(model.named_modules())[path], nn.Conv2d)]
+
+    def bare():
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                model(images[i:i + BATCH])
+
+    rows = []
+    for pool in ("max", "flat"):
+        def ours():
+            convlens.features(model, images, convs, pool=pool, batch_size=BATCH, progress=False)
+
+        ours(), bare()  # warm-up
+        t_ours, t_bare = [], []
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            ours()
+            t_ours.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            bare()
+            t_bare.append(time.perf_counter() - t)
+        ours_s, bare_s = statistics.median(t_ours), statistics.median(t_bare)
+        rows.append({"case": f"features {len(convs)} conv layers, pool={pool}", "model": source,
+                     "images": len(images), "batch": BATCH, "convlens_s": ours_s,
+                     "peer": "torch.no_grad() forward", "peer_s": bare_s, "ratio": ours_s / bare_s,
+                     "goal": "<= 1.15x" if pool == "max" else ""})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)

@@ -1,0 +1,40 @@
+"""`convlens health RUN`: training-health diagnostics (a thin wrapper over ``convlens.health``).
+
+Saves ``RUN/results/health.json``, which the report's "health" section reads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+
+@app.command("health")
+def health_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: every ReLU "
+                                                                "output; conv/fc outputs in models without)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name or path (default: the run's test split)."),
+    max_samples: int = typer.Option(1000, "--max-samples", help="Images measured, spread evenly over the data."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Sparsity, dead units, variance and correlation per layer: is training healthy? (exit 0 either way)"""
+    from ..insight.health import health
+    from ..training.runs import load_run
+
+    loaded = load_run(run)
+    dataset = None
+    if data is not None:
+        from .. import datasets
+
+        dataset = datasets.load(data, split="test")
+    names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
+    result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=not quiet)
+    if loaded.dir is not None:
+        result.save(Path(loaded.dir) / "results" / "health.json")
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))

@@ -1,0 +1,1 @@
+"""Insight into what a CNN has learned: layer taps, linear probes, ablation, invariance, health."""
