@@ -37,6 +37,19 @@ _API = {
     "train": "convlens.training.fit",
     "load_run": "convlens.training.runs",
     "evaluate": "convlens.training.evaluate",
+    # insight
+    "capture": "convlens.taps",
+    "Activations": "convlens.taps",
+    "features": "convlens.insight.features",
+    "Features": "convlens.insight.features",
+    "health": "convlens.insight.health",
+    "HealthReport": "convlens.insight.health",
+    "probe": "convlens.insight.probes", "ProbeResult": "convlens.insight.probes",
+    "ablate": "convlens.insight.ablation", "AblationResult": "convlens.insight.ablation",
+    "remove_layers": "convlens.insight.ablation",
+    "invariance": "convlens.insight.invariance", "InvarianceResult": "convlens.insight.invariance",
+    "fool_linear": "convlens.insight.linear_fooling", "LinearFooling": "convlens.insight.linear_fooling",
+    "eps_vs_dimension": "convlens.insight.linear_fooling", "EpsVsDimension": "convlens.insight.linear_fooling",
 }
 _MODULES = {"datasets": "convlens.datasets"}
 _ALIASES = {"resolve_layer": "resolve"}

@@ -15,6 +15,9 @@ SECTION_MODULES = [
     "convlens.report.sections.architecture",
     "convlens.report.sections.training",
     "convlens.report.sections.evaluation",
+    "convlens.report.sections.health",
+    "convlens.report.sections.probes", "convlens.report.sections.ablation",
+    "convlens.report.sections.invariance", "convlens.report.sections.linear_fooling",
 ]
 
 
