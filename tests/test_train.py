@@ -235,3 +235,17 @@ def test_bad_inputs_raise_typed_errors(data, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunError, match=str(tmp_path / "file")):
         fit(data, tmp_path / "file")
+
+
+def test_data_given_as_a_name_with_load_options(tmp_path):
+    from convlens import InputError, datasets
+
+    run = train("CONV3-4,RELU,POOL2,FC", {"name": "shapes", "size": 16, "n": 40}, out=tmp_path / "r", epochs=1,
+                batch_size=20, progress=False)
+    assert run.input_shape == (3, 16, 16)
+    train_info, test_info = run.manifest["data"]["train"], run.manifest["data"]["test"]
+    assert train_info["size"] == 40 and train_info["spec"]["size"] == [16, 16]
+    default_test = datasets.load("shapes", split="test", size=16)  # the test split keeps its own n
+    assert test_info["size"] == len(default_test.labels) and test_info["spec"]["size"] == [16, 16]
+    with pytest.raises(InputError, match="a dict with a 'name'"):
+        train("CONV3-4,RELU,POOL2,FC", {"name": "shapes", "colour": 1}, out=tmp_path / "bad", epochs=1)

@@ -123,3 +123,6 @@ register(ZooEntry(
     "shapesnet", "CONV5-32/2,BN,RELU,POOL2,CONV3-64,BN,RELU,POOL2,CONV3-128,BN,RELU,POOL2,CONV3-128,BN,RELU,GAP,"
     "FC-10,SOFTMAX", (3, 64, 64), 10,
     paper="convlens's demo model for the built-in shapes data (convlens.training.fit.DEMO_RECIPE)"))
+register(ZooEntry(
+    "photosnet", "CONV9-48/2,RELU,POOL3/2,CONV3-96,BN,RELU,POOL2,CONV3-128,BN,RELU,GAP,FC-13,SOFTMAX", (3, 48, 48), 13,
+    paper="convlens's natural-image model for the built-in photos data (convlens.training.fit.PHOTOS_RECIPE)"))
