@@ -26,6 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+from hypothesis import settings as _hypothesis_settings
+
+# Property-based tests draw the same examples on every run: CI is a gate, not a fuzzing campaign.
+_hypothesis_settings.register_profile("convlens", derandomize=True, database=None)
+_hypothesis_settings.load_profile("convlens")
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # `make test` runs two workers on two cores: one thread each, no oversubscription
 

@@ -35,7 +35,11 @@ not tiny. Two things can spoil a correct one, and both are handled rather than h
 * kinks: if a ReLU input or a max-pool's runner-up lies within ε of switching, the two sides of the
   difference see different slopes. A coordinate over ``tol`` is therefore retried at ε/10 (crossing a
   kink is 10x less likely there) and the better of the two estimates is kept; a wrong backward stays
-  wrong at every ε.
+  wrong at every ε. A coordinate that sits *on* a kink (e.g. BatchNorm after a ReLU: the inputs that
+  are exactly 0 put the next ReLU exactly at 0, so any change of the BN bias crosses it) has no
+  derivative: there the one-sided differences disagree and autograd equals one of them (PyTorch's
+  subgradient). Such coordinates are counted in ``kinks`` and not judged; a wrong backward matches
+  neither side, and a smooth point has equal sides, so neither hides behind this rule.
 
 ``TOL = 1e-5`` sits orders above what correct layers give here and far below what a wrong backward
 gives (a dropped term or a factor of 2 is off by 1e-2 to 1).
@@ -60,6 +64,8 @@ SAMPLES = 8
 EPS = 1e-6
 TOL = 1e-5
 NOISE_MARGIN = 100.0  # differences within 100x the rounding noise u*S/eps pass
+KINK_JUMP = 1e-2    # one-sided slopes differing by more than 1% of their size: a kink
+KINK_MATCH = 1e-3   # autograd within 0.1% of one side: PyTorch's subgradient there
 RETRY_SHRINK = 10.0
 LOSS = "sum(r * model(x)), x, r ~ N(0, 1)"
 
@@ -77,6 +83,7 @@ class GradcheckRow:
     worst_at: str         # e.g. 'weight[3, 0, 1, 2]' or 'x[1, 0, 4, 5]'
     autograd: float       # the two gradients at worst_at
     numeric: float
+    kinks: int = 0        # coordinates on a non-differentiable point (one-sided differences disagree), not judged
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,9 @@ class GradcheckResult:
         else:
             verdict = (f"FAILED: {len(self.failed)} of {len(self.rows)} gradients disagree with finite differences: "
                        + ", ".join(r.layer for r in self.failed) + f" (worst {worst.max_rel_error:.1e} at {worst.layer})")
+        kinked = [f"{r.layer} ({r.kinks})" for r in self.rows if r.kinks]
+        if kinked:
+            verdict += ("\nnot judged, on a kink (no derivative; autograd takes one side): " + ", ".join(kinked))
         vacuous = [r.layer for r in self.rows if r.passed and r.below_noise == r.checked]
         if vacuous:
             verdict += (f"\nok?: every sampled gradient of {', '.join(vacuous)} is within rounding noise, "
@@ -222,7 +232,7 @@ class _Checker:
 
     def row(self, layer: str, path: str, tensors: dict, samples: int, gen: torch.Generator) -> GradcheckRow:
         worst = (-1.0, "", 0.0, 0.0)
-        checked = below_noise = 0
+        checked = below_noise = kinks = 0
         for name, (value, grad) in tensors.items():
             for flat in _sample(grad, samples, gen):
                 index = _unravel(flat, value.shape)
@@ -232,12 +242,33 @@ class _Checker:
                     retry = self.compare(value, index, a, self.eps / RETRY_SHRINK)
                     if retry[0] < err:
                         err, n, atol = retry
+                if err > self.tol and self.on_kink(value, index, a):
+                    kinks += 1  # no derivative here: finite differences cannot judge this coordinate
+                    continue
                 checked += 1
                 below_noise += max(abs(a), abs(n)) < 2 * atol  # a factor-2 error would pass as noise
                 if err > worst[0]:
                     worst = (err, f"{name}[{', '.join(map(str, index))}]", a, n)
         err, at, a, n = worst
-        return GradcheckRow(layer, path, checked, below_noise, max(err, 0.0), err <= self.tol, at, a, n)
+        return GradcheckRow(layer, path, checked, below_noise, max(err, 0.0), err <= self.tol, at, a, n, kinks)
+
+    def on_kink(self, value: torch.Tensor, index: tuple, a: float) -> bool:
+        """True when the one-sided differences at this coordinate disagree (a non-differentiable
+        point) and the autograd value equals one of them."""
+        eps = self.eps / RETRY_SHRINK
+        original = value[index].clone()
+        try:
+            center = self.loss_at()
+            value[index] = original + eps
+            right = (self.loss_at() - center) / float(value[index] - original)
+            value[index] = original - eps
+            left = (center - self.loss_at()) / float(original - value[index])
+        finally:
+            value[index] = original
+        atol = NOISE_MARGIN * self.noise / eps
+        if abs(right - left) <= KINK_JUMP * max(abs(right), abs(left), atol / self.tol):
+            return False  # both sides agree: a smooth point, judged as usual
+        return min(abs(a - right), abs(a - left)) <= KINK_MATCH * max(abs(right), abs(left)) + atol
 
     def compare(self, value: torch.Tensor, index: tuple, a: float, eps: float) -> tuple[float, float, float]:
         """(relative error, numeric gradient, absolute tolerance) at one coordinate."""
