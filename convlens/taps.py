@@ -145,6 +145,10 @@ class capture:  # noqa: N801 - used like a function: ``with capture(model, layer
         paths = {}
         for name in names:  # resolve everything before any hook is set
             paths[name], self.modules[name] = resolve(model, name)
+            if isinstance(self.modules[name], torch.jit.ScriptModule):
+                raise InputError(f"layer {name!r} is a TorchScript module, and TorchScript has no forward hooks to "
+                                 "record it with; load the weights into the model's Python class instead "
+                                 "(convlens.load_run(weights_file, arch=YourModel()))")
         self.grads, self.calls, self.stop_at_last, self.transform = bool(grads), calls, bool(stop_at_last), transform
         self.acts = Activations(model, names, paths)
         self._handles: list = []

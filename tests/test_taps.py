@@ -219,3 +219,10 @@ def test_transform_runs_inside_the_hook(inplace_net):
         inplace_net(x)
     torch.testing.assert_close(acts["features.0"], inplace_net.features[0](x).amin((2, 3)))
     assert (acts["features.0"] < 0).any()  # taken before the in-place ReLU
+
+
+def test_torchscript_layers_get_a_clear_error(tiny_resnet):
+    scripted = torch.jit.script(tiny_resnet)
+    with pytest.raises(InputError, match="TorchScript has no forward hooks"):
+        with capture(scripted, ["layer1"]):
+            pass
