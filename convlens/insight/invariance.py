@@ -215,7 +215,7 @@ def invariance(model_or_run, images_or_data=None, *, transform: str = "translate
     dataset, ``n_images`` images of different classes are taken (correctly classified ones first,
     from the first max(256, 20 * n_images) images).
     """
-    from ..training.runs import Run, load_run
+    from ..training.runs import model_and_run
     from ..taps import capture
 
     if transform not in TRANSFORMS:
@@ -225,12 +225,7 @@ def invariance(model_or_run, images_or_data=None, *, transform: str = "translate
     for name, v in (("n_images", n_images), ("batch_size", batch_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise expect(name, "a positive int", v)
-    if isinstance(model_or_run, (str, Path)):
-        model_or_run = load_run(model_or_run)
-    run = model_or_run if isinstance(model_or_run, Run) else None
-    if run is None and not isinstance(model_or_run, nn.Module):
-        raise expect("model_or_run", "a Run, a run directory or an nn.Module", type(model_or_run).__name__)
-    model = run.pixel_model() if run is not None else model_or_run
+    model, run = model_and_run(model_or_run)
     shown, tapped = choose_layers(model, layers)
     ref = next(iter(model.parameters()), None)
     device, dtype = (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)

@@ -204,15 +204,10 @@ def probe(model_or_run, data=None, *, layers: Sequence[str] | None = None, per_c
     default: the run's training data). ``test_data``: the fixed test set (default: the test split
     of ``data``, or the run's). ``per_class``: training images per class, one column each.
     """
-    from ..training.runs import Run, load_run
+    from ..training.runs import model_and_run
 
     per_class = _check(per_class, repeats, classifiers, pool, seed)
-    if isinstance(model_or_run, (str, Path)):
-        model_or_run = load_run(model_or_run)
-    run = model_or_run if isinstance(model_or_run, Run) else None
-    if run is None and not isinstance(model_or_run, nn.Module):
-        raise expect("model_or_run", "a Run, a run directory or an nn.Module", type(model_or_run).__name__)
-    model = run.pixel_model() if run is not None else model_or_run
+    model, run = model_and_run(model_or_run)
     train_x, train_y, data_name, test_default, n_classes = _pool(data, run)
     test_data = test_data if test_data is not None else test_default
     if test_data is None:

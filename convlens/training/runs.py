@@ -25,7 +25,7 @@ from torch import nn
 
 from ..arch.grammar import describe, parse
 from ..arch.zoo import build, get_entry, is_zoo_name
-from ..errors import ConvLensError, InputError, RunError
+from ..errors import ConvLensError, InputError, RunError, expect
 from ..layers import lecture_names
 from .checkpoint import load_tensors, read_json
 
@@ -133,6 +133,17 @@ class Run:
             test = f", test acc {last['test_acc']:.4f}" if last.get("test_acc") is not None else ""
             lines.append(f"  epochs       {len(hist)}: train acc {last['train_acc']:.4f}{test}")
         return "\n".join(lines)
+
+
+def model_and_run(model_or_run) -> tuple[nn.Module, "Run | None"]:
+    """(the model to feed [0, 1] pixels, the Run or None) for a Run, a run path or an nn.Module."""
+    if isinstance(model_or_run, (str, Path)):
+        model_or_run = load_run(model_or_run)
+    if isinstance(model_or_run, Run):
+        return model_or_run.pixel_model(), model_or_run
+    if not isinstance(model_or_run, nn.Module):
+        raise expect("model_or_run", "a Run, a run directory or an nn.Module", type(model_or_run).__name__)
+    return model_or_run, None
 
 
 # ---- loading -------------------------------------------------------------------------------------
