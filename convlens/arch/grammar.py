@@ -12,6 +12,7 @@ class-model visualization need; ``predict_proba`` applies the softmax.
 """
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 
 import torch
@@ -82,7 +83,7 @@ def parse(spec: str, input_shape: tuple[int, int, int] = (3, 224, 224), *, num_c
     (conv1_1, conv1_2, pool1, fc6). ``layout`` is ``"named"`` (module paths ``features.conv1``) or
     ``"torchvision"`` (``features.0``, ``classifier.6``: torchvision's state_dict keys).
     """
-    input_shape = _check_input_shape(input_shape)
+    input_shape = check_input_shape(input_shape)
     for name, value in (("num_classes", num_classes), ("filters", filters), ("units", units)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f"{name} must be a positive int; got {value!r}")
@@ -94,14 +95,15 @@ def parse(spec: str, input_shape: tuple[int, int, int] = (3, 224, 224), *, num_c
     return _Builder(spec, tokens, input_shape, num_classes, filters, units, naming, layout).build()
 
 
-def _check_input_shape(shape) -> tuple[int, int, int]:
-    try:
-        dims = tuple(int(d) for d in shape)
-        ok = len(dims) == 3 and all(d >= 1 and d == v for d, v in zip(dims, shape))
-    except (TypeError, ValueError):
+def check_input_shape(shape, name: str = "input_shape") -> tuple[int, int, int]:
+    """``shape`` as a (C, H, W) tuple of positive ints, or InputError naming ``name``."""
+    try:  # operator.index accepts ints of any kind (numpy, torch.Size) and refuses floats
+        dims = tuple(operator.index(d) for d in shape if not isinstance(d, bool))
+        ok = len(dims) == 3 == len(tuple(shape)) and min(dims) >= 1
+    except TypeError:
         ok = False
     if not ok:
-        raise InputError(f"input_shape must be three positive ints (C, H, W); got {shape!r}")
+        raise InputError(f"{name} must be three positive ints (C, H, W) such as (3, 224, 224); got {shape!r}")
     return dims
 
 

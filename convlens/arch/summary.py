@@ -33,6 +33,7 @@ from ..errors import InputError, expect
 from ..io import atomic_write_text
 from ..layers import display_names
 from .geometry import Axis, Geometry
+from .grammar import check_input_shape
 from .tracing import Call, trace
 
 SCHEMA = "convlens.summary/1"
@@ -298,14 +299,7 @@ def _resolve_model(model, input_size) -> tuple[nn.Module, str]:
 
 
 def _check_size(size) -> tuple[int, int, int]:
-    try:
-        dims = tuple(size)
-        ok = len(dims) == 3 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise expect("input_size", "(C, H, W), three positive ints such as (3, 224, 224)", size)
-    return dims
+    return check_input_shape(size, "input_size")
 
 
 def _dtype(model: nn.Module, dtype) -> torch.dtype:

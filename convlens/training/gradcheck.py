@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, expect
+from ..arch.grammar import check_input_shape
 from ..layers import display_names
 
 SAMPLES = 8
@@ -344,14 +345,7 @@ def _input_shape(net: nn.Module, input_size) -> tuple[int, int, int]:
 
 
 def _check_size(size) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(d) for d in size)
-        ok = len(dims) == 3 and all(d >= 1 and d == s for d, s in zip(dims, size))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise expect("input_size", "three positive ints (C, H, W)", size)
-    return dims
+    return check_input_shape(size, "input_size")
 
 
 def _positive_int(name: str, value) -> int:
