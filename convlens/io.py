@@ -60,3 +60,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def atomic_write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """Numeric arrays into one ``.npz`` (uncompressed), atomically. Object arrays are refused, so
+    reading back never needs pickle."""
+    import io
+
+    import numpy as np
+
+    values = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in values.items():
+        if v.dtype == object:
+            raise TypeError(f"array {k!r} has dtype object; .npz results hold numeric or string arrays only")
+    buf = io.BytesIO()
+    np.savez(buf, **values)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Every array of an ``.npz`` file, loaded with ``allow_pickle=False`` (never unpickles code)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}

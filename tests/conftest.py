@@ -178,3 +178,35 @@ def gray_net():
 @pytest.fixture
 def twice_net():
     return FIXTURE_MODELS["twice_net"]().eval()
+
+
+# ---- trained runs -----------------------------------------------------------------------------------
+SMALL_SPEC = "CONV3-8,BN,RELU,POOL2,CONV3-16,BN,RELU,POOL2,CONV3-32,RELU,GAP,FC"
+DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", "demo")
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A small grammar net trained for a second on ``digits`` (1 channel, 16x16, 10 classes; ~89% test accuracy):
+    a real Run (class names, normalization, test split) that CI can always build. Do not modify it."""
+    from convlens import datasets
+    from convlens.training.fit import train
+
+    data = datasets.load("digits", split="train", size=16, n=600)
+    test = datasets.load("digits", split="test", size=16, n=200)
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    return train(SMALL_SPEC, data, test_data=test, out=out, epochs=6, batch_size=20, lr=1e-2, augment=False,
+                 progress=False)
+
+
+@pytest.fixture
+def demo_run_dir(tmp_path):
+    """A private copy of ``runs/demo`` (weights and manifest, no results or report); skips when the
+    demo was never built (`make demo`), as on a fresh clone."""
+    import shutil
+
+    if not os.path.isfile(os.path.join(DEMO_DIR, "run.json")):
+        pytest.skip("runs/demo not built (`make demo`)")
+    dst = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, dst, ignore=shutil.ignore_patterns("results", "report", "ablation"))
+    return dst

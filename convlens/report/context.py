@@ -41,3 +41,12 @@ class ReportContext:
             return None
         path = Path(self.run.dir) / "results" / f"{name}.json"
         return read_json(path) if path.is_file() else None
+
+    def arrays(self, name: str) -> dict | None:
+        """Arrays a command saved as ``<run>/results/<name>.npz`` (None when absent); never unpickles."""
+        from ..io import read_npz
+
+        if self.run.dir is None:
+            return None
+        path = Path(self.run.dir) / "results" / f"{name}.npz"
+        return read_npz(path) if path.is_file() else None
