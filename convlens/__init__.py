@@ -50,8 +50,10 @@ _API = {
     "invariance": "convlens.insight.invariance", "InvarianceResult": "convlens.insight.invariance",
     "fool_linear": "convlens.insight.linear_fooling", "LinearFooling": "convlens.insight.linear_fooling",
     "eps_vs_dimension": "convlens.insight.linear_fooling", "EpsVsDimension": "convlens.insight.linear_fooling",
+    # image optimization (class models, inversion, adversarial, fooling)
+    "optimize": "convlens.visualize.optimize", "OptimizedImage": "convlens.visualize.optimize",
 }
-_MODULES = {"datasets": "convlens.datasets"}
+_MODULES = {"datasets": "convlens.datasets", "objectives": "convlens.visualize.objectives"}
 _ALIASES = {"resolve_layer": "resolve"}
 
 __all__ = sorted(_API) + sorted(_MODULES) + [

@@ -1,0 +1,205 @@
+"""Objectives: differentiable scores of an image batch, one value per image, to be *maximized*.
+
+They compose like Lucent's (``class_score(3) - 1e-4 * l2() - 5e-3 * tv()``): ``+``, ``-``, scalar
+``*`` and unary ``-`` build new objectives, and the layers each part reads are captured once per
+step. An objective is a callable on a :class:`State` (the image the model saw, its outputs and the
+captured activations) returning an ``(N,)`` tensor.
+
+Model terms
+    ``class_score(c)``       S_c(I), the class score *before* softmax (Simonyan et al. 2014)
+    ``class_logprob(c)``     log softmax_c: pushes the other classes down too (adversarial, fooling)
+    ``channel(layer, u)``    mean activation of feature map ``u`` (activation maximization of a channel)
+    ``neuron(layer, u)``     the activation at the centre of map ``u`` (or a given (row, col)), or of
+                             unit ``u`` of a flat (N, D) layer (Erhan et al. 2009; Yosinski et al. 2015)
+    ``feature_match(layer, target)``  -||Φ(x) - Φ0||² / ||Φ0||²   (Mahendran & Vedaldi 2015, eq. 1)
+Image priors (computed on the image itself)
+    ``l2(center)``           -||x - center||²          (Simonyan's λ||I||², I mean-subtracted)
+    ``alpha_norm(alpha)``    -||x - center||_α^α       (Mahendran & Vedaldi's R_α, α = 6)
+    ``tv(beta)``             -Σ ((x_{i,j+1} - x_ij)² + (x_{i+1,j} - x_ij)²)^{β/2}   (R_TV^β, β = 2)
+    ``distance(x0, p)``      -||x - x0||_p^p           (distortion of an adversarial image)
+
+Priors carry their sign already: *adding* them to a model term penalizes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import InputError, expect
+
+__all__ = ["State", "Objective", "class_score", "class_logprob", "channel", "neuron", "feature_match", "l2",
+           "alpha_norm", "tv", "distance", "as_objective"]
+
+
+@dataclass
+class State:
+    """What an objective can read at one step: ``image`` (N, C, H, W) as the model saw it (after the
+    transforms), ``logits`` (N, K) or None when the forward stopped early, ``acts`` layer -> output
+    (with gradient), ``raw`` the untransformed image being optimized."""
+
+    image: torch.Tensor
+    raw: torch.Tensor
+    logits: torch.Tensor | None = None
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def act(self, layer: str) -> torch.Tensor:
+        if layer not in self.acts:
+            raise InputError(f"layer {layer!r} did not run during the forward pass; an objective needs its output")
+        return self.acts[layer]
+
+
+class Objective:
+    """``fn(state) -> (N,)`` to maximize, with the layers it reads and whether it needs the logits."""
+
+    def __init__(self, fn: Callable[[State], torch.Tensor], name: str, *, layers=(), logits: bool = False):
+        self.fn, self.name, self.layers, self.logits = fn, name, tuple(dict.fromkeys(layers)), bool(logits)
+
+    def __call__(self, state: State) -> torch.Tensor:
+        return self.fn(state)
+
+    def __repr__(self) -> str:
+        return f"Objective({self.name})"
+
+    # ---- composition -----------------------------------------------------------------------------
+    def _join(self, other: "Objective", sign: float) -> "Objective":
+        other = as_objective(other)
+        op = "+" if sign > 0 else "-"
+        return Objective(lambda s: self(s) + sign * other(s), f"{self.name} {op} {other.name}",
+                         layers=self.layers + other.layers, logits=self.logits or other.logits)
+
+    def __add__(self, other):
+        return self._join(other, 1.0)
+
+    def __radd__(self, other):
+        return self if isinstance(other, (int, float)) and other == 0 else as_objective(other) + self
+
+    def __sub__(self, other):
+        return self._join(other, -1.0)
+
+    def __mul__(self, k):
+        if not isinstance(k, (int, float)) or isinstance(k, bool):
+            raise expect("an objective's factor", "a number", k)
+        return Objective(lambda s: k * self(s), f"{k:g} * ({self.name})", layers=self.layers, logits=self.logits)
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self * -1.0
+
+
+def as_objective(obj) -> Objective:
+    if isinstance(obj, Objective):
+        return obj
+    raise expect("objective", "a convlens Objective (e.g. class_score(3) - 1e-4 * l2())", type(obj).__name__)
+
+
+def _per_image(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(len(t), -1).sum(dim=1)  # (N, ...) -> (N,)
+
+
+# ---- model terms -----------------------------------------------------------------------------------
+
+def class_score(c) -> Objective:
+    """S_c: the score of class ``c`` before softmax; ``c`` an int or an (N,) tensor (one per image)."""
+    return Objective(lambda s: _pick(s.logits, c), f"score[{_label(c)}]", logits=True)
+
+
+def class_logprob(c) -> Objective:
+    """log P(c | x) = log softmax of the scores."""
+    return Objective(lambda s: _pick(torch.log_softmax(s.logits, dim=1), c), f"logP[{_label(c)}]", logits=True)
+
+
+def channel(layer: str, unit: int) -> Objective:
+    """Mean over positions of feature map ``unit`` of ``layer``."""
+    def fn(s: State) -> torch.Tensor:
+        a = s.act(layer)                                          # (N, C, H, W) or (N, D)
+        _check_unit(a, unit, layer)
+        return a[:, unit].reshape(len(a), -1).mean(dim=1)
+    return Objective(fn, f"{layer}:{unit}", layers=[layer])
+
+
+def neuron(layer: str, unit: int, position: tuple[int, int] | None = None) -> Objective:
+    """One unit: map ``unit`` at ``position`` (default its centre) of a conv layer, or unit ``unit`` of a flat layer."""
+    def fn(s: State) -> torch.Tensor:
+        a = s.act(layer)
+        _check_unit(a, unit, layer)
+        if a.ndim == 2:
+            return a[:, unit]
+        r, c = position if position is not None else (a.shape[2] // 2, a.shape[3] // 2)
+        return a[:, unit, r, c]
+    return Objective(fn, f"{layer}:{unit}@{position or 'centre'}", layers=[layer])
+
+
+def feature_match(layer: str, target: torch.Tensor) -> Objective:
+    """-||Φ(x) - Φ0||² / ||Φ0||² for ``layer``'s output Φ; ``target`` Φ0 is (N, ...) or one (1, ...) for all."""
+    target = target.detach()
+    norm = _per_image(target.float() ** 2).clamp_min(1e-12).to(target.dtype)  # (N,) or (1,)
+
+    def fn(s: State) -> torch.Tensor:
+        a = s.act(layer)
+        if a.shape[1:] != target.shape[1:]:
+            raise InputError(f"feature_match: layer {layer!r} outputs {tuple(a.shape[1:])} per image but the target "
+                             f"has {tuple(target.shape[1:])}")
+        return -_per_image((a - target) ** 2) / norm
+    return Objective(fn, f"-||{layer} - Φ0||²/||Φ0||²", layers=[layer])
+
+
+# ---- image priors ----------------------------------------------------------------------------------
+
+def l2(center=0.0) -> Objective:
+    """-||x - center||², ``center`` a number or a (C,) / broadcastable tensor (e.g. the mean pixel)."""
+    return Objective(lambda s: -_per_image((s.raw - _like(center, s.raw)) ** 2), "||x||²")
+
+
+def alpha_norm(alpha: float = 6.0, center=0.0) -> Objective:
+    """-Σ |x - center|^α (Mahendran & Vedaldi's R_α; α = 6 keeps the range bounded)."""
+    if not alpha > 0:
+        raise expect("alpha", "a positive number", alpha)
+    return Objective(lambda s: -_per_image((s.raw - _like(center, s.raw)).abs() ** alpha), f"||x||_{alpha:g}^{alpha:g}")
+
+
+def tv(beta: float = 2.0) -> Objective:
+    """-R_TV^β: Σ over pixels of ((x_{i,j+1} - x_ij)² + (x_{i+1,j} - x_ij)²)^(β/2), channels summed."""
+    if not beta > 0:
+        raise expect("beta", "a positive number", beta)
+
+    def fn(s: State) -> torch.Tensor:
+        x = s.raw
+        dh = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]                  # (N, C, H-1, W-1)
+        dw = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+        sq = dh ** 2 + dw ** 2
+        return -_per_image(sq if beta == 2 else (sq + 1e-12) ** (beta / 2))
+    return Objective(fn, f"TV^{beta:g}")
+
+
+def distance(x0: torch.Tensor, p: float = 2.0) -> Objective:
+    """-Σ |x - x0|^p: how far the optimized image moved from ``x0`` (N, C, H, W)."""
+    x0 = x0.detach()
+    return Objective(lambda s: -_per_image((s.raw - x0).abs() ** p), f"||x - x0||_{p:g}^{p:g}")
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+def _pick(scores: torch.Tensor | None, c) -> torch.Tensor:
+    if scores is None:
+        raise InputError("this objective needs the model's class scores, but the forward stopped early")
+    if isinstance(c, torch.Tensor) and c.ndim == 1:
+        return scores.gather(1, c.to(scores.device).reshape(-1, 1)).squeeze(1)  # (N,)
+    return scores[:, int(c)]
+
+
+def _label(c) -> str:
+    return "per-image" if isinstance(c, torch.Tensor) and c.ndim == 1 else str(int(c))
+
+
+def _check_unit(a: torch.Tensor, unit: int, layer: str) -> None:
+    if a.ndim < 2 or not 0 <= unit < a.shape[1]:
+        raise InputError(f"unit must be in [0, {a.shape[1] - 1}] for layer {layer!r} ({a.shape[1]} channels); "
+                         f"got {unit}")
+
+
+def _like(center, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(center, device=x.device, dtype=x.dtype)
+    return t.reshape(1, -1, 1, 1) if t.ndim == 1 else t
