@@ -24,9 +24,12 @@ def report_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory (resumed if it exists)."),
+    analyses: bool = typer.Option(True, "--analyses/--no-analyses", help="Also run every analysis the report "
+                                                                         "shows (probes, filters, top-9, ...)."),
 ) -> None:
-    """Train the default model on the built-in `shapes` data, evaluate it and write the report."""
+    """Train the default model on the built-in `shapes` data, evaluate it, analyse it and write the report."""
     from ..report import build_report
+    from .demo_steps import run_steps
     from ..training.evaluate import evaluate
     from ..training.fit import DEMO_RECIPE, demo
 
@@ -35,6 +38,9 @@ def demo_cmd(
     ev = evaluate(run)
     ev.save(Path(out) / "results" / "evaluation.json")
     typer.echo(repr(ev))
+    if analyses:
+        typer.echo("\nanalyses (results in RUN/results; done ones are skipped):")
+        run_steps(run, echo=typer.echo)
     path = build_report(run)
     typer.echo(f"\nreport: {path.resolve()}")
     typer.echo(f"figures: {path.parent.resolve() / 'figures'}")
