@@ -6,7 +6,8 @@ included in the time) and compares its conv1 filters with the same net's at init
 
 - high-frequency share: of each filter's spectral energy after removing its mean, the part above
   1/4 cycle per pixel (radially); white noise puts ~3/4 of its energy there, a smooth edge or blob
-  a few percent. Lower is smoother ("noisy filters" in the lecture's diagnosis).
+  a few percent. Lower is smoother ("noisy filters" in the lecture's diagnosis). The function is
+  ``convlens.visualize.filters.high_frequency_share``, the diagnosis' own measure.
 - orientedness: ``|sum P(f) exp(2i theta(f))| / sum P(f)`` over the same spectrum: 1 for a single
   orientation (edge, bar, grating), 0 for an isotropic pattern; rows also count filters above 0.5.
 - flat-colour share: the energy of each filter's per-channel means (a uniform colour patch), out
@@ -16,7 +17,6 @@ The PNG grid of the trained filters is ``docs/photos_conv1.png`` (``save_grid``)
 """
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 import time
@@ -25,16 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CUT = 0.25  # cycles per pixel: "high frequency" is above half the Nyquist frequency
-
-
-def high_frequency_share(w: torch.Tensor, *, cut: float = CUT) -> torch.Tensor:
-    """(F,) share of each filter's spectral energy (its mean removed) above ``cut`` cycles/pixel; w (F, C, k, k)."""
-    w = w.detach().double()
-    z = w - w.mean((1, 2, 3), keepdim=True)
-    power = torch.fft.fft2(z).abs().pow(2).sum(1)  # (F, k, k)
-    radius = _radius(w.shape[-2], w.shape[-1])  # (k, k)
-    return (power * (radius > cut)).sum((1, 2)) / power.sum((1, 2)).clamp_min(1e-30)
+from convlens.visualize.filters import high_frequency_share  # the diagnosis' own measure
 
 
 def orientedness(w: torch.Tensor) -> torch.Tensor:
@@ -55,28 +46,14 @@ def flat_colour_share(w: torch.Tensor) -> torch.Tensor:
     return flat.pow(2).sum((1, 2, 3)) / w.pow(2).sum((1, 2, 3)).clamp_min(1e-30)
 
 
-def _radius(h: int, w: int) -> torch.Tensor:
-    fy = torch.fft.fftfreq(h, dtype=torch.float64).view(-1, 1)
-    fx = torch.fft.fftfreq(w, dtype=torch.float64).view(1, -1)
-    return (fy * fy + fx * fx).sqrt()  # (h, w) cycles per pixel
-
-
 def save_grid(w: torch.Tensor, path: str | Path, *, scale: int = 6, cols: int = 8) -> None:
     """Filters as RGB tiles, each min-max normalized over its own values (as in Krizhevsky et al. 2012,
-    Figure 3), one pixel of white between tiles, enlarged ``scale`` times with nearest neighbours."""
+    Figure 3; ``convlens.plots.filters.rgb_canvas``), enlarged ``scale`` times with nearest neighbours."""
     from PIL import Image
 
-    w = w.detach().float().cpu()
-    n, c, kh, kw = w.shape
-    rows = math.ceil(n / cols)
-    lo = w.amin((1, 2, 3), keepdim=True)
-    hi = w.amax((1, 2, 3), keepdim=True)
-    tiles = ((w - lo) / (hi - lo).clamp_min(1e-12)).expand(n, 3, kh, kw)  # (F, 3, kh, kw); gray repeats
-    canvas = np.ones((rows * (kh + 1) + 1, cols * (kw + 1) + 1, 3), np.float32)
-    for i, tile in enumerate(tiles):
-        r, q = divmod(i, cols)
-        canvas[1 + r * (kh + 1):1 + r * (kh + 1) + kh, 1 + q * (kw + 1):1 + q * (kw + 1) + kw] = \
-            tile.permute(1, 2, 0).numpy()  # (kh, kw, 3)
+    from convlens.plots.filters import rgb_canvas
+
+    canvas = rgb_canvas(w.detach().float().cpu().numpy(), cols=cols)  # (H, W, 3) in [0, 1]
     img = Image.fromarray((canvas * 255).round().astype(np.uint8))
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path, optimize=True)
 
@@ -112,7 +89,7 @@ def run(*, grid: str | Path | None = None) -> list[dict]:
                      f"{r['optimizer']} lr {r['lr']} wd {r['weight_decay']}), data generation included",
              "convlens_s": seconds, "test_acc": result.history[-1]["test_acc"], "torch_threads": 1}]
     peer = "same net at initialization"
-    hf_t, hf_i = high_frequency_share(trained).mean().item(), high_frequency_share(init).mean().item()
+    hf_t, hf_i = float(high_frequency_share(trained).mean()), float(high_frequency_share(init).mean())
     rows.append({"case": "conv1 high-frequency energy share, mean over filters (lower: smoother)",
                  "trained": hf_t, "peer": peer, "init": hf_i, "ratio": hf_i / hf_t})
     or_t, or_i = orientedness(trained), orientedness(init)
@@ -124,6 +101,10 @@ def run(*, grid: str | Path | None = None) -> list[dict]:
     rows.append({"case": "conv1 flat-colour energy share, mean over filters (colour blobs: high)",
                  "trained": flat_colour_share(trained).mean().item(), "peer": peer,
                  "init": flat_colour_share(init).mean().item()})
+    from convlens.visualize.filters import diagnose_weights
+
+    rows.append({"case": "conv1 diagnosis (convlens.diagnose_weights)", "trained": diagnose_weights(trained).verdict,
+                 "peer": peer, "init": diagnose_weights(init).verdict})
     return rows
 
 

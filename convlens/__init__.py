@@ -50,8 +50,17 @@ _API = {
     "invariance": "convlens.insight.invariance", "InvarianceResult": "convlens.insight.invariance",
     "fool_linear": "convlens.insight.linear_fooling", "LinearFooling": "convlens.insight.linear_fooling",
     "eps_vs_dimension": "convlens.insight.linear_fooling", "EpsVsDimension": "convlens.insight.linear_fooling",
+    "filters": "convlens.visualize.filters", "FilterResult": "convlens.visualize.filters",
+    "diagnose_filters": "convlens.visualize.filters", "diagnose_weights": "convlens.visualize.filters",
+    "FilterDiagnosis": "convlens.visualize.filters",
+    "occlusion": "convlens.visualize.occlusion", "OcclusionMap": "convlens.visualize.occlusion",
+    "saliency": "convlens.visualize.backprop", "deconvnet": "convlens.visualize.backprop",
+    "guided_backprop": "convlens.visualize.backprop", "segment": "convlens.visualize.segment",
+    "top_patches": "convlens.visualize.patches", "TopPatches": "convlens.visualize.patches",
     # image optimization (class models, inversion, adversarial, fooling)
     "optimize": "convlens.visualize.optimize", "OptimizedImage": "convlens.visualize.optimize",
+    "invert": "convlens.visualize.inversion",
+    "adversarial": "convlens.visualize.adversarial", "AdversarialResult": "convlens.visualize.adversarial",
 }
 _MODULES = {"datasets": "convlens.datasets", "objectives": "convlens.visualize.objectives"}
 _ALIASES = {"resolve_layer": "resolve"}

@@ -7,3 +7,9 @@ from . import train_cmds  # noqa: F401  train, evaluate
 from . import insight_probe_cmds  # noqa: F401  probe, ablate
 from . import insight_health_cmd  # noqa: F401  health
 from . import insight_invariance_cmds  # noqa: F401  invariance, fool-linear
+from . import backprop_cmds  # noqa: F401  saliency
+from . import patches_cmds  # noqa: F401  top-patches
+from . import filters_cmds  # noqa: F401  filters
+from . import occlusion_cmds  # noqa: F401  occlusion
+from . import inversion_cmds  # noqa: F401  invert
+from . import adversarial_cmds  # noqa: F401  adversarial

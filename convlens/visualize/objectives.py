@@ -79,8 +79,13 @@ class Objective:
         return self._join(other, -1.0)
 
     def __mul__(self, k):
+        """``k * objective``: ``k`` a number, or an (N,) float tensor weighting each image of the batch."""
+        if isinstance(k, torch.Tensor) and k.ndim == 1 and k.is_floating_point():
+            w = k.detach()
+            return Objective(lambda s: w.to(s.raw.device, s.raw.dtype) * self(s), f"w * ({self.name})",
+                             layers=self.layers, logits=self.logits)
         if not isinstance(k, (int, float)) or isinstance(k, bool):
-            raise expect("an objective's factor", "a number", k)
+            raise expect("an objective's factor", "a number or an (N,) float tensor (one weight per image)", k)
         return Objective(lambda s: k * self(s), f"{k:g} * ({self.name})", layers=self.layers, logits=self.logits)
 
     __rmul__ = __mul__

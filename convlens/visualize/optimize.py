@@ -158,19 +158,22 @@ def decay(rate: float, center=0.0) -> Callable:
 def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, steps: int = 200, lr: float = 0.1,
              optimizer: str = "sgd", momentum: float = 0.9, lr_decay: float | None = None,
              parametrization: str = "pixels", box: tuple[float, float] | None = None,
-             transforms: Sequence[Callable] = (), every: Sequence[Callable] = (), normalize_grad: bool = False,
+             transforms: Sequence[Callable] = (), every: Sequence[Callable] = (), normalize_grad: bool | str = False,
              seed: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
              stop: Callable[[State, torch.Tensor], bool] | None = None, progress: bool = False,
              desc: str = "optimize") -> OptimizedImage:
     """Maximize ``objective`` over images starting from ``init`` (N, C, H, W); see the module docstring.
 
     ``lr_decay``: the learning rate is multiplied by this each step (e.g. 0.99); ``normalize_grad``
-    divides each image's gradient by its mean absolute value (Mahendran & Vedaldi's normalized steps);
+    divides each image's gradient by its mean absolute value (Mahendran & Vedaldi's normalized steps),
+    or with ``"sign"`` replaces it by its sign (FGSM / PGD steps of exactly ``lr`` per pixel);
     ``stop(state, value)`` ends the loop early when it returns True (e.g. once an attack succeeded);
     with ``optimizer="lbfgs"`` one step is one L-BFGS iteration (line search evaluations not counted).
     """
     objective = as_objective(objective)
     _check(init, steps, lr, optimizer, parametrization, box)
+    if normalize_grad not in (False, True, "sign"):
+        raise expect("normalize_grad", "True, False or 'sign'", normalize_grad)
     device, dtype = model_device(model)
     x0 = init.detach().to(device=device, dtype=dtype)
     lo, hi = box if box is not None else (None, None)
@@ -196,13 +199,17 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
                 state = forward(seen, x)
                 value = objective(state)                                           # (N,)
                 (-value.sum()).backward()
-                if normalize_grad:
+                if normalize_grad == "sign":
+                    z.grad.sign_()
+                elif normalize_grad:
                     g = z.grad.reshape(len(z), -1)
                     z.grad.div_(g.abs().mean(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1))
                 state_box.update(state=state, value=value.detach())
                 return -value.sum()
 
             opt.step(closure)
+            if optimizer == "lbfgs" and opt.state[z].get("t", 1) == 0:
+                opt.state[z]["n_iter"] = 0  # the line search found no step (a ReLU kink): restart from -grad
             grad = z.grad.detach() if z.grad is not None else None
             with torch.no_grad():
                 history[step] = state_box["value"].float()
@@ -339,7 +346,8 @@ def _make_optimizer(name: str, z: torch.Tensor, lr: float, momentum: float):
         return torch.optim.SGD([z], lr=lr, momentum=momentum)
     if name == "adam":
         return torch.optim.Adam([z], lr=lr)
-    return torch.optim.LBFGS([z], lr=lr, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+    # max_eval: room for the line search (the default, 1.25 * max_iter, cuts it after one evaluation)
+    return torch.optim.LBFGS([z], lr=lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")
 
 
 def _center(center, x: torch.Tensor) -> torch.Tensor:

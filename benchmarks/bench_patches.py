@@ -1,0 +1,79 @@
+"""convlens.top_patches over every conv layer at once vs bare ``torch.no_grad()`` forward passes.
+
+Model: the demo run (``runs/demo``, shapesnet on shapes) when it exists, else a shapesnet with
+random weights (same cost). Data: the ``shapes`` test split (1,000 images, 3x64x64), fed as [0, 1]
+pixels through the pixel model. Both sides use the same images, batch size, thread count and model
+in eval mode; the peer is the plain loop ``for batch: model(batch)`` that computes (and discards)
+the full forward. convlens additionally hooks the 4 conv layers (their rectified outputs), reduces
+each map to its per-channel max and first argmax inside the hook, merges a running top-9 per unit
+(a stable sort per batch), stops the forward after the last conv layer, and at the end finds the
+receptive-field boxes (a meta-device trace, one gradient probe per layer) of the positions found;
+no progress bar (``progress=False``).
+
+Time: median wall time of ``REPEATS`` runs after one warm-up run each, alternating the two sides
+so drift affects both. Goal: ratio <= 1.15x.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+REPEATS = 5
+BATCH = 128
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _model():
+    import convlens
+
+    demo = ROOT / "runs" / "demo"
+    if (demo / "run.json").exists():
+        return convlens.load_run(demo).pixel_model().eval(), "runs/demo"
+    import torch
+
+    from convlens.training.runs import PixelModel
+
+    net = convlens.create("shapesnet").eval()
+    return PixelModel(net, torch.full((3,), 0.5), torch.full((3,), 0.25)).eval(), "shapesnet (random weights)"
+
+
+def run() -> list[dict]:
+    import torch
+
+    import convlens
+    from convlens import datasets
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the same for both sides, stated in the row
+    model, source = _model()
+    images = datasets.load("shapes", split="test").images  # (1000, 3, 64, 64)
+
+    def bare():
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                model(images[i:i + BATCH])
+
+    def ours():
+        return convlens.top_patches(model, images, k=9, batch_size=BATCH, progress=False)
+
+    layers = ours().layers
+    bare()  # warm-up
+    t_ours, t_bare = [], []
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        ours()
+        t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        bare()
+        t_bare.append(time.perf_counter() - t)
+    ours_s, bare_s = statistics.median(t_ours), statistics.median(t_bare)
+    return [{"case": f"top-9 patches of {len(layers)} conv layers ({', '.join(layers)}) in one pass",
+             "model": source, "images": len(images), "batch": BATCH, "threads": threads, "convlens_s": ours_s,
+             "peer": "torch.no_grad() forward", "peer_s": bare_s, "ratio": ours_s / bare_s, "goal": "<= 1.15x"}]
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
+        print(f"ratio {row['ratio']:.3f}x (goal {row['goal']})")

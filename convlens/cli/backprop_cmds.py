@@ -1,0 +1,116 @@
+"""`convlens saliency`: saliency maps with their GrabCut segmentation, deconvnet and guided backprop
+projections of a few images (thin over ``convlens.visualize.segment.explain``).
+
+Saves ``RUN/results/saliency.json`` + ``saliency.npz`` (read by the report's saliency section) and
+a figure of the chosen ``--method`` (default ``RUN/results/saliency-<method>.png``).
+``demo_saliency(run)`` does the same with the demo's defaults (one image per class).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+from .app import app
+
+METHODS = ("saliency", "deconvnet", "guided")
+
+
+def pick_images(data, model, n: int) -> list[int]:
+    """Up to ``n`` rows of ``data``, one per class in class order, each the first image of its class
+    the model classifies correctly (else its first image)."""
+    import torch
+
+    from ..taps import eval_mode
+
+    labels = torch.as_tensor(data.labels)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == c).flatten()[:16]
+        with torch.no_grad(), eval_mode(model):
+            pred = model(data.images[rows]).argmax(1).cpu()
+        good = rows[pred == c]
+        chosen.append(int(good[0] if len(good) else rows[0]))
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+def compute(run, *, image: Optional[Path] = None, indices: Optional[List[int]] = None, target=None, n: int = 8,
+            iterations: int = 5):
+    """The BackpropResult for ``image`` (a file) or rows ``indices`` of the run's test split (default:
+    one correctly classified image per class)."""
+    from ..data.images import load_image
+    from ..training.evaluate import run_test_data
+    from ..visualize.segment import explain
+
+    model = run.pixel_model()
+    if image is not None:
+        if indices:
+            raise InputError(f"give an IMAGE or --index rows of the test split, not both; got {image} and {indices}")
+        c, h, w = run.input_shape
+        x = load_image(image, size=(h, w), channels=c)[None]  # (1, C, H, W)
+        return explain(run, x, target, iterations=iterations, data=str(image))
+    data = run_test_data(run)
+    if indices:
+        bad = [i for i in indices if not 0 <= i < len(data.labels)]
+        if bad:
+            raise InputError(f"--index must be rows of the test split, 0-{len(data.labels) - 1}; got {bad}")
+    rows = list(indices) if indices else pick_images(data, model, n)
+    masks = getattr(data, "masks", None)
+    return explain(run, data.images[rows], target, labels=data.labels[rows],
+                   true_masks=None if masks is None else masks[rows], indices=rows, iterations=iterations,
+                   data=f"{getattr(data, 'name', 'data')} (test split)")
+
+
+def save(run, result, method: str = "saliency", figure: Optional[Path] = None) -> Path:
+    """``RUN/results/saliency.json/.npz`` and the ``method`` figure; returns the figure's path."""
+    from ..io import atomic_write_bytes
+    from ..plots.common import to_png
+
+    results = Path(run.dir) / "results"
+    result.save(results / "saliency.json")
+    figure = figure or results / f"saliency-{method}.png"
+    atomic_write_bytes(figure, to_png(result.plot(method)))
+    return figure
+
+
+@app.command("saliency")
+def saliency_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    image: Optional[Path] = typer.Argument(None, help="An image file (default: images of the run's test split)."),
+    index: Optional[List[int]] = typer.Option(None, "--index", help="Rows of the test split (repeatable; default: "
+                                                                    "one correctly classified image per class)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Class index or name (default: the predicted "
+                                                                "class of each image)."),
+    method: str = typer.Option("saliency", "--method", help="Figure to draw: saliency (with the GrabCut mask), "
+                                                            "deconvnet or guided."),
+    n: int = typer.Option(8, "--n", help="Images when no --index is given."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Figure path (default RUN/results/saliency-METHOD.png)."),
+) -> None:
+    """Class saliency + GrabCut segmentation (Simonyan et al. 2014), deconvnet (Zeiler & Fergus 2014) and
+    guided backprop (Springenberg et al. 2015) of a few images."""
+    from ..training.runs import load_run
+
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    loaded = load_run(run)
+    if loaded.dir is None:
+        raise InputError(f"RUN must be a run directory (results are saved inside it); got {run}")
+    chosen = int(target) if target is not None and target.lstrip("-").isdigit() else target
+    result = compute(loaded, image=image, indices=index, target=chosen, n=n)
+    path = save(loaded, result, method, out)
+    typer.echo(repr(result))
+    typer.echo(f"figure: {path}")
+
+
+def demo_saliency(run) -> None:
+    """Saliency, GrabCut masks (with IoU against the true shapes masks), deconvnet and guided backprop of
+    one test image per class; saved where the report's saliency section reads them."""
+    from ..training.runs import load_run
+
+    run = run if hasattr(run, "pixel_model") else load_run(run)
+    result = compute(run, n=8)
+    save(run, result, "saliency")

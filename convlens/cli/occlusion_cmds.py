@@ -1,0 +1,127 @@
+"""`convlens occlusion`: a thin wrapper over convlens.occlusion.
+
+Saves ``RUN/results/occlusion.json`` + ``.npz`` (read by the report's occlusion section) and the
+figure ``RUN/results/occlusion.png``. ``demo_occlusion(run)`` is what ``convlens demo`` runs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import app
+
+DEMO_SETTINGS = dict(window=16, stride=4, baseline=0.5)
+
+
+def pick_images(run, n: int = 3, candidates: int = 200) -> list[int]:
+    """Rows of the run's test data: ``n`` images of different classes, correctly classified ones first."""
+    import torch
+
+    from ..taps import eval_mode, model_device
+    from ..training.evaluate import run_test_data
+
+    data = run_test_data(run)
+    model = run.pixel_model()
+    m = min(len(data.labels), candidates)
+    device, dtype = model_device(model)
+    with eval_mode(model), torch.no_grad():
+        pred = torch.cat([model(data.images[i:i + 100].to(device, dtype)).argmax(1).cpu() for i in range(0, m, 100)])
+    labels = [int(v) for v in data.labels[:m]]
+    chosen: list[int] = []
+    for want_correct in (True, False):
+        for i in range(m):
+            if len(chosen) < n and i not in chosen and (int(pred[i]) == labels[i]) == want_correct \
+                    and labels[i] not in {labels[j] for j in chosen}:
+                chosen.append(i)
+    return chosen
+
+
+def compute(run, indices=None, image: Path | None = None, *, target=None, layer: str | None = None,
+            unit: int | None = None, window: int = 16, stride: int = 4, baseline: float = 0.5,
+            method: str = "incremental", batch_size: int = 32, out: Path | None = None, tau: float = 0.35,
+            progress: bool = False):
+    """Occlusion maps of test images ``indices`` (default: 3 of different classes) or of one image file;
+    saved next to the run (or to ``out``) with their figure."""
+    from ..data.images import load_image
+    from ..io import atomic_write_bytes
+    from ..plots.common import to_png
+    from ..plots.occlusion import occlusion_figure
+    from ..training.evaluate import run_test_data
+    from ..visualize.occlusion import default_layer, occlusion, save_maps
+
+    layer = layer or default_layer(run.pixel_model())
+    maps = []
+    if image is not None:
+        c, h, w = run.input_shape
+        x = load_image(image, size=(h, w), channels=c)
+        maps.append(occlusion(run, x, target, window, stride, baseline, layer, unit, method=method,
+                              batch_size=batch_size, tau=tau, progress=progress))
+    else:
+        data = run_test_data(run)
+        for i in (pick_images(run) if not indices else indices):
+            if not 0 <= i < len(data.labels):
+                from ..errors import expect
+
+                raise expect("--index", f"a test image row in [0, {len(data.labels) - 1}]", i)
+            m = occlusion(run, data.images[i], target, window, stride, baseline, layer, unit, method=method,
+                          batch_size=batch_size, tau=tau, progress=progress)
+            maps.append(_with(m, label=int(data.labels[i]), index=int(i)))
+    target_file = out or (Path(run.dir) / "results" / "occlusion.json" if run.dir is not None else None)
+    if target_file is not None:
+        save_maps(maps, target_file)
+        atomic_write_bytes(Path(target_file).with_suffix(".png"), to_png(occlusion_figure(maps)))
+    return maps, target_file
+
+
+def _with(m, **changes):
+    from dataclasses import replace
+
+    return replace(m, **changes)
+
+
+def demo_occlusion(run) -> None:
+    """Occlusion triptychs of 3 demo test images of different classes (last conv layer, strongest unit)."""
+    compute(run, **DEMO_SETTINGS)
+
+
+@app.command("occlusion")
+def occlusion_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    image: Optional[Path] = typer.Argument(None, help="An image file (resized to the run's input); default: "
+                                                      "test images of the run's data."),
+    index: Optional[List[int]] = typer.Option(None, "--index", "-i", help="Test image row; repeat for several "
+                                                                          "(default: 3 of different classes)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Class index or name (default: the prediction)."),
+    window: int = typer.Option(16, "--window", help="Side of the occluding square (pixels)."),
+    stride: int = typer.Option(4, "--stride", help="Pixels between positions."),
+    baseline: float = typer.Option(0.5, "--baseline", help="Value of the square, in [0, 1] pixel units (0.5: grey)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Feature-map layer (default: the last conv's output "
+                                                              "after its ReLU)."),
+    unit: Optional[int] = typer.Option(None, "--unit", help="Channel of --layer (default: the strongest)."),
+    approximate: bool = typer.Option(False, "--approximate", help="Krypton's approximate mode (faster; the error "
+                                                                  "measured at a few positions is reported)."),
+    tau: float = typer.Option(0.35, "--tau", help="With --approximate: the largest patch per axis, as a fraction "
+                                                  "of its map."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Positions per forward."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON (default: RUN/results/occlusion.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the summary."),
+) -> None:
+    """P(target), the most probable class and a feature map's activity per occluder position (Zeiler & Fergus
+    Fig. 7), by exact incremental inference."""
+    from ..training.runs import load_run
+
+    loaded = load_run(run)
+    tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
+    maps, saved = compute(loaded, index, image, target=tgt, layer=layer, unit=unit, window=window, stride=stride,
+                          baseline=baseline, method="approximate" if approximate else "incremental",
+                          batch_size=batch_size, out=out, tau=tau)
+    if as_json:
+        payload = [m.to_dict() for m in maps]
+        typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        return
+    typer.echo("\n\n".join(repr(m) for m in maps))
+    if saved is not None:
+        typer.echo(f"\nsaved: {saved} (+ .npz, .png)")

@@ -1,0 +1,75 @@
+"""`convlens top-patches RUN`: a thin wrapper over ``convlens.top_patches``.
+
+Saves ``RUN/results/top-patches.json`` and ``.npz`` (read by the report's "patches" section).
+``demo_patches(run)`` computes the same with the demo's defaults (called by ``convlens demo``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+from .app import app
+
+RESULT = "top-patches"
+
+
+@app.command("top-patches")
+def top_patches_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer", help="A layer to mine (repeat, or comma-separate; "
+                                                                    "default: every conv layer, in one pass)."),
+    k: int = typer.Option(9, "--k", help="Images kept per unit."),
+    units: Optional[str] = typer.Option(None, "--units", help="Comma-separated channel indices (default: all)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset name or path (default: the run's test split)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per forward pass."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for progress: rerun with the same --out to resume "
+                                                           "after an interruption."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (with every array) instead of the table."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """For every unit, the k test images that activate it most, where, and the receptive-field box (Zeiler & Fergus's
+    top-9 patches, R-CNN's top regions)."""
+    from ..training.runs import load_run
+    from ..visualize.patches import top_patches
+
+    loaded = load_run(run)
+    dataset = None
+    if data is not None:
+        from .. import datasets
+
+        dataset = datasets.load(data, split="test")
+    names = [n.strip() for item in layer for n in item.split(",") if n.strip()] if layer else None
+    result = top_patches(loaded, dataset, names, k=k, units=_ints(units, "--units"), batch_size=batch_size,
+                         progress=not quiet, out=out)
+    if loaded.dir is not None:
+        result.save(Path(loaded.dir) / "results" / f"{RESULT}.json")
+    typer.echo(json.dumps(result.to_dict(arrays=True), indent=2) if as_json else repr(result))
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise InputError(f"{option} must be ints separated by commas, e.g. 0,3,7; got {text!r}")
+    return values
+
+
+def demo_patches(run) -> None:
+    """Top-9 patches of every conv layer over the demo run's test split (1,000 shapes: a few seconds),
+    saved where the report's "patches" section reads them."""
+    from ..training.runs import load_run
+    from ..visualize.patches import top_patches
+
+    loaded = load_run(run) if isinstance(run, (str, Path)) else run
+    if loaded.dir is None:
+        raise InputError("run must be a run directory (its results folder holds the top patches); got a run "
+                         "loaded from a single file")
+    top_patches(loaded, k=9, progress=False).save(Path(loaded.dir) / "results" / f"{RESULT}.json")
