@@ -75,9 +75,11 @@ def test_composition_and_tv_equal_hand_computation():
     tv = np.zeros(2)
     xn = x.numpy()
     for n in range(2):
-        for i in range(5):
-            for j in range(6):
-                tv[n] += ((xn[n, :, i, j + 1] - xn[n, :, i, j]) ** 2 + (xn[n, :, i + 1, j] - xn[n, :, i, j]) ** 2).sum()
+        for i in range(6):
+            for j in range(7):
+                right = xn[n, :, i, j + 1] - xn[n, :, i, j] if j + 1 < 7 else np.zeros(3)
+                down = xn[n, :, i + 1, j] - xn[n, :, i, j] if i + 1 < 6 else np.zeros(3)
+                tv[n] += (right ** 2 + down ** 2).sum()
     np.testing.assert_allclose(f(x).detach().numpy(), (fa(x) + 2 * fb(x)).detach().numpy() - tv, rtol=1e-10)
 
 

@@ -246,3 +246,15 @@ def test_negative_pad_crops_to_unknown():
 
     assert summary(Crop(), (1, 9, 9))["conv"].rf is None
     assert receptive_field(Crop(), "conv", (0, 0), (1, 9, 9)) == Box(1, 1, 4, 4)
+
+
+def test_normalization_in_front_does_not_widen_fields(small_run):
+    """``Normalize`` computes ``mean.to(x)``: x lends only its device/dtype, not its pixels, so a Run's
+    pixel model has the same fields as its net (regression: every field was the whole image)."""
+    from convlens import receptive_field
+
+    pm = small_run.pixel_model()
+    for layer, pos in (("conv1", (0, 0)), ("conv2", (3, 2)), ("conv3", (1, 1))):
+        analytic = receptive_field(pm, layer, pos, method="analytic")
+        assert analytic == receptive_field(pm, layer, pos, method="probe")
+        assert analytic.height < 16

@@ -138,6 +138,12 @@ def _meta_linear_ok(x, w) -> bool:
             and x.dim() >= 1 and x.shape[-1] == w.shape[1] and x.dtype == w.dtype)
 
 
+# ops whose output values come from their first argument only, or from no tensor at all
+DATA_FROM_SELF = frozenset({"to", "type_as", "cpu", "cuda", "double", "float", "half", "bfloat16"})
+NO_DATA = frozenset({"new_empty", "new_zeros", "new_ones", "new_full", "new_tensor", "empty_like", "zeros_like",
+                     "ones_like", "full_like", "rand_like", "randn_like", "randint_like"})
+
+
 class GeometryMode(TorchFunctionMode):
     """Tags each op's tensor outputs with the geometry composed from its inputs' tags."""
 
@@ -152,7 +158,13 @@ class GeometryMode(TorchFunctionMode):
             out = x.new_empty((*x.shape[:-1], (args[1] if len(args) > 1 else kwargs["weight"]).shape[0]))
         else:
             out = func(*args, **kwargs)
-        tagged = [(t, getattr(t, GEO_ATTR)) for t in tree_leaves((args, kwargs))
+        if raw in NO_DATA:            # x.new_zeros(...), torch.zeros_like(x): shape only, no pixels
+            sources = ()
+        elif raw in DATA_FROM_SELF:   # mean.to(x), mean.type_as(x): x gives only a device and dtype
+            sources = args[:1]
+        else:
+            sources = (args, kwargs)
+        tagged = [(t, getattr(t, GEO_ATTR)) for t in tree_leaves(sources)
                   if isinstance(t, torch.Tensor) and hasattr(t, GEO_ATTR)]
         outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         if tagged and outs:

@@ -268,19 +268,14 @@ def layer_fields(model, paths: list[str], input_size, map_hws: list[tuple[int, i
 
     The geometry comes from the meta-device trace of :mod:`convlens.arch.tracing` (op by op, so a
     residual block's output has one too), read by a hook on each layer's first call. It is used where
-    it is known and agrees with the gradient probe at the centre unit. For a Run's pixel model the
-    net behind the (per-pixel) normalization is traced: the trace takes its broadcast statistics
-    (``mean.to(x)``) for a whole-image op.
+    it is known and agrees with the gradient probe at the centre unit.
     """
     from ..arch.receptive import receptive_field
-    from ..training.runs import PixelModel
 
-    target, prefix = (model.net, "net.") if isinstance(model, PixelModel) else (model, "")
-    inner = {p: p[len(prefix):] for p in paths if p.startswith(prefix) and p != prefix.rstrip(".")}
-    found = _traced_geometries(target, set(inner.values()), input_size)
+    found = _traced_geometries(model, set(paths), input_size)
     out = {}
     for path, hw in zip(paths, map_hws):
-        geo, shape = found.get(inner.get(path), (None, None))
+        geo, shape = found.get(path, (None, None))
         geo = geo if shape is not None and tuple(shape[2:4] if len(shape) == 4 else (1, 1)) == tuple(hw) else None
         if geo is not None:
             centre = (hw[0] // 2, hw[1] // 2)

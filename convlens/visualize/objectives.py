@@ -1,6 +1,6 @@
 """Objectives: differentiable scores of an image batch, one value per image, to be *maximized*.
 
-They compose like Lucent's (``class_score(3) - 1e-4 * l2() - 5e-3 * tv()``): ``+``, ``-``, scalar
+They compose like Lucent's (``class_score(3) + 1e-4 * l2() + 5e-3 * tv()``): ``+``, ``-``, scalar
 ``*`` and unary ``-`` build new objectives, and the layers each part reads are captured once per
 step. An objective is a callable on a :class:`State` (the image the model saw, its outputs and the
 captured activations) returning an ``(N,)`` tensor.
@@ -15,7 +15,8 @@ Model terms
 Image priors (computed on the image itself)
     ``l2(center)``           -||x - center||²          (Simonyan's λ||I||², I mean-subtracted)
     ``alpha_norm(alpha)``    -||x - center||_α^α       (Mahendran & Vedaldi's R_α, α = 6)
-    ``tv(beta)``             -Σ ((x_{i,j+1} - x_ij)² + (x_{i+1,j} - x_ij)²)^{β/2}   (R_TV^β, β = 2)
+    ``tv(beta)``             -Σ ((x_{i,j+1} - x_ij)² + (x_{i+1,j} - x_ij)²)^{β/2}   (R_TV^β, β = 2;
+                             a difference past the last row/column counts as 0, so every pixel is tied)
     ``distance(x0, p)``      -||x - x0||_p^p           (distortion of an adversarial image)
 
 Priors carry their sign already: *adding* them to a model term penalizes.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError, expect
 
@@ -166,14 +168,15 @@ def alpha_norm(alpha: float = 6.0, center=0.0) -> Objective:
 
 
 def tv(beta: float = 2.0) -> Objective:
-    """-R_TV^β: Σ over pixels of ((x_{i,j+1} - x_ij)² + (x_{i+1,j} - x_ij)²)^(β/2), channels summed."""
+    """-R_TV^β: Σ over pixels of ((x_{i,j+1} - x_ij)² + (x_{i+1,j} - x_ij)²)^(β/2), channels summed;
+    differences past the last row or column are 0 (the bottom-right pixel is tied to its neighbours too)."""
     if not beta > 0:
         raise expect("beta", "a positive number", beta)
 
     def fn(s: State) -> torch.Tensor:
         x = s.raw
-        dh = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]                  # (N, C, H-1, W-1)
-        dw = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+        dh = F.pad(x[:, :, 1:, :] - x[:, :, :-1, :], (0, 0, 0, 1))   # (N, C, H, W), 0 past the last row
+        dw = F.pad(x[:, :, :, 1:] - x[:, :, :, :-1], (0, 1, 0, 0))   # (N, C, H, W), 0 past the last column
         sq = dh ** 2 + dw ** 2
         return -_per_image(sq if beta == 2 else (sq + 1e-12) ** (beta / 2))
     return Objective(fn, f"TV^{beta:g}")
