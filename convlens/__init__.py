@@ -61,6 +61,14 @@ _API = {
     "optimize": "convlens.visualize.optimize", "OptimizedImage": "convlens.visualize.optimize",
     "invert": "convlens.visualize.inversion",
     "adversarial": "convlens.visualize.adversarial", "AdversarialResult": "convlens.visualize.adversarial",
+    # the CNN code space
+    "codes": "convlens.visualize.codes", "Codes": "convlens.visualize.codes",
+    "pixel_codes": "convlens.visualize.codes",
+    "neighbors": "convlens.visualize.neighbors", "Neighbors": "convlens.visualize.neighbors",
+    "agreement_by_layer": "convlens.visualize.code_agreement", "CodeAgreement": "convlens.visualize.code_agreement",
+    "tsne": "convlens.visualize.tsne", "TSNEResult": "convlens.visualize.tsne",
+    "tsne_grid": "convlens.visualize.tsne_grid", "TSNEGrid": "convlens.visualize.tsne_grid",
+    "export_projector": "convlens.visualize.projector", "ProjectorExport": "convlens.visualize.projector",
 }
 _MODULES = {"datasets": "convlens.datasets", "objectives": "convlens.visualize.objectives"}
 _ALIASES = {"resolve_layer": "resolve"}

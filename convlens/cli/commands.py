@@ -13,3 +13,4 @@ from . import filters_cmds  # noqa: F401  filters
 from . import occlusion_cmds  # noqa: F401  occlusion
 from . import inversion_cmds  # noqa: F401  invert
 from . import adversarial_cmds  # noqa: F401  adversarial
+from . import codes_cmds  # noqa: F401  codes, neighbors, tsne

@@ -1,8 +1,9 @@
 """The analyses `convlens demo` runs after training, so that its report shows every section.
 
 Each step computes one analysis on the demo run with defaults sized for it and saves its result in
-``RUN/results/`` (where the report's section reads it). A step whose result file already exists is
-skipped, so an interrupted demo resumes where it stopped. Ablation is not a step: it retrains the
+``RUN/results/`` (where the report's section reads it). Finished steps are listed in
+``RUN/results/demo-steps.json`` (rewritten atomically after each) and skipped on the next run, so an
+interrupted demo resumes where it stopped. Ablation is not a step: it retrains the
 network several times (minutes); run ``convlens ablate runs/demo --remove conv3 --remove conv4``.
 """
 from __future__ import annotations
@@ -12,26 +13,39 @@ import time
 from pathlib import Path
 from typing import Callable
 
-# (name, result file that marks it done, "module:function" taking the Run)
-STEPS: list[tuple[str, str, str]] = [
-    ("health", "health.json", "convlens.cli.demo_steps:demo_health"),
-    ("probes", "probe.json", "convlens.cli.demo_steps:demo_probe"),
-    ("invariance", "invariance-rotate.json", "convlens.cli.demo_steps:demo_invariance"),
-    ("linear fooling", "eps-vs-dimension.json", "convlens.cli.demo_steps:demo_linear_fooling"),
+# (name, "module:function" taking the Run), in report order
+STEPS: list[tuple[str, str]] = [
+    ("health", "convlens.cli.demo_steps:demo_health"),
+    ("probes", "convlens.cli.demo_steps:demo_probe"),
+    ("invariance", "convlens.cli.demo_steps:demo_invariance"),
+    ("linear fooling", "convlens.cli.demo_steps:demo_linear_fooling"),
+    ("filters", "convlens.cli.filters_cmds:demo_filters"),
+    ("top-9 patches", "convlens.cli.patches_cmds:demo_patches"),
+    ("saliency", "convlens.cli.backprop_cmds:demo_saliency"),
+    ("occlusion", "convlens.cli.occlusion_cmds:demo_occlusion"),
+    ("inversion", "convlens.cli.inversion_cmds:demo_inversion"),
+    ("adversarial", "convlens.cli.adversarial_cmds:demo_adversarial"),
+    ("code space", "convlens.cli.codes_cmds:demo_codes"),
 ]
+DONE = "demo-steps.json"
 
 
 def run_steps(run, echo: Callable[[str], None] = print) -> None:
     """Run every step not yet done on ``run`` (a Run with a directory)."""
-    results = Path(run.dir) / "results"
-    for name, marker, target in STEPS:
-        if (results / marker).exists():
-            echo(f"  {name:<16} done before")
+    from ..io import atomic_write_json, read_json
+
+    record = Path(run.dir) / "results" / DONE
+    done = read_json(record) if record.is_file() else {}
+    for name, target in STEPS:
+        if name in done:
+            echo(f"  {name:<16} done before ({done[name]:.1f} s)")
             continue
         module, function = target.split(":")
         t0 = time.perf_counter()
         getattr(importlib.import_module(module), function)(run)
-        echo(f"  {name:<16} {time.perf_counter() - t0:5.1f} s")
+        done[name] = round(time.perf_counter() - t0, 2)
+        atomic_write_json(record, done)
+        echo(f"  {name:<16} {done[name]:5.1f} s")
 
 
 # ---- steps for the insight commands (the visualization commands define their own demo_* functions) --

@@ -23,6 +23,7 @@ SECTION_MODULES = [
     "convlens.report.sections.occlusion",
     "convlens.report.sections.saliency",
     "convlens.report.sections.patches",
+    "convlens.report.sections.codes",
 ]
 
 
