@@ -20,26 +20,13 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .demo_model import demo_model
+
 THREADS = 2
 SHAPES_BATCH = 32
 VGG_BATCH = 2
 REPEATS = {"shapes": 7, "vgg16": 3}
-
-
-def _shapes_model():
-    import torch
-
-    import convlens
-    from convlens.training.runs import PixelModel
-
-    demo = ROOT / "runs" / "demo"
-    if (demo / "run.json").exists():
-        return convlens.load_run(demo).pixel_model().eval(), "runs/demo (shapesnet)"
-    net = convlens.create("shapesnet").eval()
-    return PixelModel(net, torch.full((3,), 0.5), torch.full((3,), 0.25)).eval(), "shapesnet (random weights)"
 
 
 def _cases():
@@ -48,7 +35,7 @@ def _cases():
     import convlens
     from convlens import datasets
 
-    model, source = _shapes_model()
+    model, source = demo_model()
     data = datasets.load("shapes", split="test", n=SHAPES_BATCH)
     yield "shapes", model, source, data.images, data.labels
     torch.manual_seed(0)

@@ -23,26 +23,17 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 PPE = (16, 32, 64)
 
 
 def _demo():
-    import torch
-
-    import convlens
     from convlens import datasets
 
-    demo = ROOT / "runs" / "demo"
-    image = datasets.load("shapes", split="test", size=64, n=1).images[0]
-    if (demo / "run.json").exists():
-        return convlens.load_run(demo).pixel_model().eval(), image, "runs/demo"
-    from convlens.training.runs import PixelModel
+    from .demo_model import demo_model
 
-    net = convlens.create("shapesnet").eval()
-    return PixelModel(net, torch.full((3,), 0.5), torch.full((3,), 0.25)).eval(), image, "shapesnet (random weights)"
+    model, source = demo_model()
+    return model, datasets.load("shapes", split="test", size=64, n=1).images[0], source
 
 
 def _captum(model, x, target, window, stride):

@@ -17,25 +17,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
+
+from .demo_model import demo_model
 
 REPEATS = 5
 BATCH = 128
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _model():
-    import convlens
-
-    demo = ROOT / "runs" / "demo"
-    if (demo / "run.json").exists():
-        return convlens.load_run(demo).pixel_model().eval(), "runs/demo"
-    import torch
-
-    from convlens.training.runs import PixelModel
-
-    net = convlens.create("shapesnet").eval()
-    return PixelModel(net, torch.full((3,), 0.5), torch.full((3,), 0.25)).eval(), "shapesnet (random weights)"
 
 
 def run() -> list[dict]:
@@ -46,7 +32,7 @@ def run() -> list[dict]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # the same for both sides, stated in the row
-    model, source = _model()
+    model, source = demo_model()
     images = datasets.load("shapes", split="test").images  # (1000, 3, 64, 64)
 
     def bare():

@@ -210,3 +210,20 @@ def demo_run_dir(tmp_path):
     dst = tmp_path / "demo"
     shutil.copytree(DEMO_DIR, dst, ignore=shutil.ignore_patterns("results", "report", "ablation"))
     return dst
+
+
+# ---- "leave the model as found" -------------------------------------------------------------------
+def model_state(model: nn.Module):
+    """Everything a method must give back: weights and buffers, each parameter's requires_grad, each
+    module's train/eval mode. Compare with :func:`assert_as_found` after the call."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            [p.requires_grad for p in model.parameters()], [m.training for m in model.modules()])
+
+
+def assert_as_found(model: nn.Module, state) -> None:
+    weights, flags, modes = state
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items()), "weights or buffers changed"
+    assert [p.requires_grad for p in model.parameters()] == flags, "requires_grad not restored"
+    assert [m.training for m in model.modules()] == modes, "train/eval mode not restored"
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()), \
+        "a hook was left behind"

@@ -18,19 +18,7 @@ from convlens import InputError, datasets
 from convlens.cli.app import main
 from convlens.training.evaluate import run_test_data
 from convlens.visualize.adversarial import AdversarialResult, fgsm_sweep
-
-
-def _state(model: nn.Module):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [p.requires_grad for p in model.parameters()],
-            [m.training for m in model.modules()])
-
-
-def _assert_as_found(model: nn.Module, before) -> None:
-    weights, flags, modes = before
-    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    assert [p.requires_grad for p in model.parameters()] == flags
-    assert [m.training for m in model.modules()] == modes
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+from conftest import assert_as_found, model_state
 
 
 def _probs(model: nn.Module, x) -> np.ndarray:
@@ -61,9 +49,9 @@ def _correct_rows(run, n, avoid):
 def test_lbfgs_makes_the_target_top1_with_a_small_distortion_in_the_box(small_run):
     pm = small_run.pixel_model()
     x, y = _correct_rows(small_run, 3, avoid=3)
-    before = _state(pm)
+    before = model_state(pm)
     res = convlens.adversarial(small_run, x, "3", method="lbfgs", labels=y, steps=25, search_steps=4)
-    _assert_as_found(pm, before)
+    assert_as_found(pm, before)
     assert res.success.all() and (res.target == 3).all()
     assert (_probs(pm, res.adversarial).argmax(1) == 3).all()                   # the target is top-1
     assert res.adversarial.min() >= 0 and res.adversarial.max() <= 1
@@ -106,18 +94,18 @@ def test_pgd_stays_in_its_eps_ball_and_the_box_and_fools_the_trained_run(small_r
 
 def test_one_channel_model_with_functional_relus_and_a_model_in_train_mode(gray_net, tiny_resnet):
     x = torch.rand(2, 1, 20, 28)
-    before = _state(gray_net)
+    before = model_state(gray_net)
     res = convlens.adversarial(gray_net, x, 2, method="lbfgs", steps=20, search_steps=3, box=(0.0, 1.0))
-    _assert_as_found(gray_net, before)
+    assert_as_found(gray_net, before)
     assert res.success.all() and res.original.shape == (2, 1, 20, 28)
     _check_numbers(res, gray_net)
     tiny_resnet.train()                                                         # BN + F.relu residual blocks
     tiny_resnet.fc.weight.requires_grad_(False)
-    before = _state(tiny_resnet)
+    before = model_state(tiny_resnet)
     x = torch.rand(2, 3, 16, 16)
     second = torch.as_tensor(_probs(tiny_resnet, x)).argsort(1, descending=True)[:, 1]
     res = convlens.adversarial(tiny_resnet, x, second, method="lbfgs", steps=10, search_steps=2, box=(0.0, 1.0))
-    _assert_as_found(tiny_resnet, before)
+    assert_as_found(tiny_resnet, before)
     # the untrained net's scores barely depend on the image (no success needed): P(target) must still rise
     d = res.to_dict()
     assert all(a > b for a, b in zip(d["p_target_after"], d["p_target_before"]))
@@ -137,11 +125,11 @@ def test_errors_are_clear(tiny_resnet, small_run):
     with pytest.raises(InputError, match="not a class of this model"):
         convlens.adversarial(small_run, torch.rand(1, 16, 16), "ostrich")
     tiny_resnet.train()
-    before = _state(tiny_resnet)
+    before = model_state(tiny_resnet)
     for method in ("lbfgs", "pgd"):
         with pytest.raises(RuntimeError):                                      # 5 channels: the conv fails
             convlens.adversarial(tiny_resnet, torch.rand(1, 5, 16, 16), 1, method=method)
-        _assert_as_found(tiny_resnet, before)
+        assert_as_found(tiny_resnet, before)
 
 
 def test_save_load_round_trip_repr_and_plot(tmp_path, small_run):

@@ -339,7 +339,7 @@ def test_errors_name_the_argument(bn_net):
         deconvnet(bn_net, x, layer="feature.2", unit=0)
     with pytest.raises(InputError, match="rule must be one of"):
         modified_gradient(bn_net, x, lambda o: o, rule="lrp")
-    with pytest.raises(InputError, match="floating-point"):
+    with pytest.raises(InputError, match="a float image"):
         saliency(bn_net, torch.zeros(1, 3, 16, 16, dtype=torch.int64), 0)
     with pytest.raises(InputError, match=r"\(N, C, H, W\)"):
         saliency(bn_net, torch.rand(16, 16), 0)

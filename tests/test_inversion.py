@@ -19,6 +19,7 @@ from convlens.training.evaluate import run_test_data
 from convlens.visualize import objectives as O
 from convlens.visualize.inversion import load_inversions, save_inversions
 from convlens.visualize.optimize import _Forward
+from conftest import assert_as_found, model_state
 
 
 def _code(model: nn.Module, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -38,26 +39,13 @@ def _rel_error(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return ((a - b).norm(dim=1) / b.norm(dim=1)).numpy()
 
 
-def _state(model: nn.Module):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [p.requires_grad for p in model.parameters()],
-            [m.training for m in model.modules()])
-
-
-def _assert_as_found(model: nn.Module, before) -> None:
-    weights, flags, modes = before
-    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
-    assert [p.requires_grad for p in model.parameters()] == flags
-    assert [m.training for m in model.modules()] == modes
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-
 def test_trained_run_early_layer_reconstructs_well_and_error_rises_with_depth(small_run):
     data = run_test_data(small_run)
     x = data.images[:3]                                                          # (3, 1, 16, 16) digits
     pm = small_run.pixel_model()
-    before = _state(pm)
+    before = model_state(pm)
     res = convlens.invert(small_run, x, ["conv1", "conv3"], steps=100)
-    _assert_as_found(pm, before)
+    assert_as_found(pm, before)
     assert list(res) == ["conv1", "conv3"] and res["conv1"].info["tapped"] == "relu1"
     for name, r in res.items():
         module = dict(pm.named_modules())[pm.lecture_names[r.info["tapped"]]]
@@ -81,10 +69,10 @@ def test_demo_model_first_conv_within_ten_percent_and_error_rises_with_depth(dem
 def test_several_inits_are_one_batch_that_differ_and_match_the_same_code(tiny_resnet):
     tiny_resnet.train()
     tiny_resnet.layer2.conv1.weight.requires_grad_(False)
-    before = _state(tiny_resnet)
+    before = model_state(tiny_resnet)
     x = torch.rand(2, 3, 16, 16)
     r = convlens.invert(tiny_resnet, x, "layer1", n_inits=3, steps=60, box=(0.0, 1.0), seed=1)
-    _assert_as_found(tiny_resnet, before)
+    assert_as_found(tiny_resnet, before)
     assert r.images.shape == (6, 3, 16, 16) and r.info["image_index"] == [0, 0, 0, 1, 1, 1]
     assert len(r.info["feature_error"]) == 6
     code = _code(tiny_resnet, x, tiny_resnet.layer1)
@@ -113,10 +101,10 @@ def test_errors_are_clear_and_the_model_is_left_as_found_when_a_forward_fails(ti
     with pytest.raises(InputError, match="n_inits must be"):
         convlens.invert(tiny_resnet, torch.rand(3, 16, 16), "layer1", n_inits=0)
     tiny_resnet.train()
-    before = _state(tiny_resnet)
+    before = model_state(tiny_resnet)
     with pytest.raises(RuntimeError):
         convlens.invert(tiny_resnet, torch.rand(5, 16, 16), "layer2")             # 5 channels: conv fails
-    _assert_as_found(tiny_resnet, before)
+    assert_as_found(tiny_resnet, before)
 
 
 def test_per_image_weight_objective_gradient_matches_finite_differences():

@@ -37,6 +37,7 @@ import torch
 from ..errors import InputError, expect
 from ..taps import eval_mode, model_device
 from . import objectives as O
+from .inputs import as_images
 from .optimize import optimize
 from .targets import class_names_of, target_indices
 
@@ -193,7 +194,7 @@ def adversarial(model_or_run, x, target=None, *, method: str = "lbfgs", eps: flo
     model, run = model_and_run(model_or_run)
     if method not in METHODS:
         raise expect("method", "one of " + ", ".join(METHODS), method)
-    x0 = _images(x)
+    x0 = as_images(x)
     device, dtype = model_device(model)
     x0 = x0.to(device=device, dtype=dtype)                                      # (N, C, H, W)
     if box is None and run is not None:
@@ -299,16 +300,6 @@ def _probs(model, x: torch.Tensor) -> torch.Tensor:
     return torch.softmax(out.double(), dim=1)
 
 
-def _images(x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4) or not x.is_floating_point() or 0 in x.shape:
-        got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise expect("x", "a float image (C, H, W) or batch (N, C, H, W)", got)
-    x = x.detach()
-    return x[None] if x.ndim == 3 else x
-
-
 def _check(method, eps, steps, c, step_size, search_steps, seed) -> int:
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise expect("eps", "a positive number", eps)
@@ -351,7 +342,7 @@ def fgsm_sweep(model_or_run, images, labels, eps: Sequence[float] = (0, 1 / 255,
     ``eps`` (0: the clean accuracy): Goodfellow et al.'s accuracy-vs-eps measurement."""
     if method not in ("fgsm", "pgd"):
         raise expect("method", "'fgsm' or 'pgd'", method)
-    images, labels = _images(images), torch.as_tensor(labels).reshape(-1)
+    images, labels = as_images(images), torch.as_tensor(labels).reshape(-1)
     acc = []
     for e in eps:
         right = 0

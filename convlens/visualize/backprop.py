@@ -56,7 +56,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import InputError, ShapeError, expect
 from ..layers import resolve
-from ..taps import model_device
+from .inputs import as_images
 from .targets import class_names_of, target_indices
 
 __all__ = ["RULES", "modified_gradient", "saliency", "deconvnet", "guided_backprop", "unit_maxima",
@@ -143,7 +143,7 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
         raise expect("rule", f"one of {RULES}", rule)
     if not isinstance(model, nn.Module):
         raise expect("model", "an nn.Module (or a Run / run directory)", type(model).__name__)
-    x = _as_images(x, model)
+    x = as_images(x, model)
     module = resolve(model, layer)[1] if layer is not None else None
     captured: list[torch.Tensor] = []
 
@@ -172,22 +172,6 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
         for m, mode in modes:
             m.training = mode
     return torch.zeros_like(x) if grad is None else grad.detach()  # (N, C, H, W)
-
-
-def _as_images(x, model: nn.Module) -> torch.Tensor:
-    """(N, C, H, W) floating tensor on the model's device, in its dtype; a single (C, H, W) image -> N = 1."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise expect("x", "an (N, C, H, W) image tensor", type(x).__name__)
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or 0 in x.shape:
-        raise expect("x", "an (N, C, H, W) image tensor (or one (C, H, W) image)", f"shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise expect("x", "a floating-point image tensor (pixels in [0, 1] for a Run)", x.dtype)
-    device, dtype = model_device(model)
-    return x.to(device=device, dtype=dtype)
 
 
 def _check_output(out, n: int, layer: str | None) -> torch.Tensor:
@@ -238,7 +222,7 @@ def unit_maxima(model: nn.Module, x, layer: str, unit: int) -> tuple[torch.Tenso
     per image and where it is (row, col for a conv map; empty D for an fc layer), in eval mode."""
     from ..taps import capture, eval_mode
 
-    x = _as_images(x, model)
+    x = as_images(x, model)
     with torch.no_grad(), eval_mode(model), capture(model, layer, stop_at_last=True, calls="all") as acts:
         acts.forward(x)
     out = acts[layer][0]                                          # (N, C, ...) the first call

@@ -46,6 +46,7 @@ import torch
 from ..errors import InputError, expect
 from ..taps import eval_mode, model_device
 from . import objectives as O
+from .inputs import as_images
 from .optimize import OptimizedImage, optimize
 
 __all__ = ["invert", "save_inversions", "load_inversions", "feature_error"]
@@ -78,7 +79,7 @@ def invert(model_or_run, x, layer: str | Sequence[str], *, steps: int = 200, alp
     shown, tapped = choose_layers(model, names)
     _check(steps, alpha, beta, lambda_alpha, lambda_tv, n_inits, seed, lr, final_lr, momentum)
     device, dtype = model_device(model)
-    x0 = _images(x, run).to(device=device, dtype=dtype)                        # (B, C, H, W)
+    x0 = as_images(x, input_shape=run.input_shape if run is not None else None).to(device=device, dtype=dtype)                        # (B, C, H, W)
     if box is None and run is not None:
         box = (0.0, 1.0)
     center = _center(run, x0)                                                   # (B, C, 1, 1)
@@ -168,19 +169,6 @@ def _depths(model, tapped: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def _images(x, run) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4) or not x.is_floating_point() or 0 in x.shape:
-        got = f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise expect("x", "a float image (C, H, W) or batch (B, C, H, W)", got)
-    x = x.detach()
-    x = x[None] if x.ndim == 3 else x
-    if run is not None and run.input_shape is not None and tuple(x.shape[1:]) != tuple(run.input_shape):
-        raise expect("x", f"images of the run's input shape {tuple(run.input_shape)}", tuple(x.shape[1:]))
-    return x
-
-
 def _center(run, x0: torch.Tensor) -> torch.Tensor:
     if run is not None:
         m = run.mean.to(x0).reshape(1, -1, 1, 1)
@@ -215,7 +203,7 @@ def save_inversions(path: str | Path, original: torch.Tensor, results: dict[str,
     from ..io import atomic_write_json, atomic_write_npz
 
     path = Path(path).with_suffix("")
-    arrays = {"original": _images(original, None).float().cpu().numpy()}
+    arrays = {"original": as_images(original).float().cpu().numpy()}
     layers = []
     for i, (name, r) in enumerate(results.items()):
         arrays[f"images_{i}"] = r.images.detach().float().cpu().numpy()

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvLensError, InputError, expect
+from .inputs import as_images
 from .occlusion_map import OcclusionMap, load_maps, save_maps  # noqa: F401  (the result, re-exported)
 
 METHODS = ("incremental", "full", "approximate")
@@ -70,7 +71,7 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
     from .targets import target_indices
 
     model, run = model_and_run(model_or_run)
-    images = _images(x)
+    images = as_images(x)
     options = dict(batch_size=batch_size, method=method, tau=tau, max_error=max_error, rho=rho, check=check,
                    progress=progress)
     if len(images) > 1:
@@ -256,15 +257,6 @@ def _unit(totals: torch.Tensor, unit, layer) -> int:
     if not _is_int(unit) or not 0 <= unit < len(totals):
         raise expect("unit", f"a channel of {layer} in [0, {len(totals) - 1}]", unit)
     return int(unit)
-
-
-def _images(x) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or not x.is_floating_point() or x.numel() == 0:
-        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise expect("x", "a float image (C, H, W) or a batch (N, C, H, W)", got)
-    return (x[None] if x.dim() == 3 else x).detach()
 
 
 def _baseline(baseline, channels: int) -> tuple[float, ...]:

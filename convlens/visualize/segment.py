@@ -246,11 +246,12 @@ def explain(model, x, target=None, *, labels=None, true_masks=None, fg_quantile:
     deconvnet and guided backprop, all from the class score ``target`` (None: the predicted class).
     ``true_masks`` (N, H, W) give each mask's IoU; ``labels`` are only recorded."""
     from ..taps import eval_mode
-    from .backprop import (_as_images, _label, _model_and_run, deconvnet, guided_backprop, saliency)
+    from .inputs import as_images
+    from .backprop import (_label, _model_and_run, deconvnet, guided_backprop, saliency)
     from .targets import class_names_of, target_indices
 
     net, run = _model_and_run(model)
-    images = _as_images(x, net)
+    images = as_images(x, net)
     with torch.no_grad(), eval_mode(net):
         predicted = net(images).argmax(1)                                       # (N,)
     targets = predicted if target is None else target_indices(target, len(images), class_names=class_names_of(net))
