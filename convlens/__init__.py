@@ -59,6 +59,7 @@ _API = {
     "top_patches": "convlens.visualize.patches", "TopPatches": "convlens.visualize.patches",
     # image optimization (class models, inversion, adversarial, fooling)
     "optimize": "convlens.visualize.optimize", "OptimizedImage": "convlens.visualize.optimize",
+    "class_model": "convlens.visualize.class_model", "fooling_image": "convlens.visualize.fooling",
     "invert": "convlens.visualize.inversion",
     "adversarial": "convlens.visualize.adversarial", "AdversarialResult": "convlens.visualize.adversarial",
     # the CNN code space

@@ -7,6 +7,7 @@ from . import train_cmds  # noqa: F401  train, evaluate
 from . import insight_probe_cmds  # noqa: F401  probe, ablate
 from . import insight_health_cmd  # noqa: F401  health
 from . import insight_invariance_cmds  # noqa: F401  invariance, fool-linear
+from . import class_model_cmds  # noqa: F401  class-model, fooling
 from . import backprop_cmds  # noqa: F401  saliency
 from . import patches_cmds  # noqa: F401  top-patches
 from . import filters_cmds  # noqa: F401  filters

@@ -23,8 +23,10 @@ STEPS: list[tuple[str, str]] = [
     ("top-9 patches", "convlens.cli.patches_cmds:demo_patches"),
     ("saliency", "convlens.cli.backprop_cmds:demo_saliency"),
     ("occlusion", "convlens.cli.occlusion_cmds:demo_occlusion"),
+    ("class models", "convlens.cli.class_model_cmds:demo_class_model"),
     ("inversion", "convlens.cli.inversion_cmds:demo_inversion"),
     ("adversarial", "convlens.cli.adversarial_cmds:demo_adversarial"),
+    ("fooling images", "convlens.cli.class_model_cmds:demo_fooling"),
     ("code space", "convlens.cli.codes_cmds:demo_codes"),
 ]
 DONE = "demo-steps.json"

@@ -18,6 +18,7 @@ SECTION_MODULES = [
     "convlens.report.sections.health",
     "convlens.report.sections.probes", "convlens.report.sections.ablation",
     "convlens.report.sections.invariance", "convlens.report.sections.linear_fooling",
+    "convlens.report.sections.class_model", "convlens.report.sections.fooling",
     "convlens.report.sections.filters",
     "convlens.report.sections.inversion", "convlens.report.sections.adversarial",
     "convlens.report.sections.occlusion",

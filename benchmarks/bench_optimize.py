@@ -1,0 +1,159 @@
+"""convlens.optimize (the image-optimization core behind class models, fooling images and inversion) vs a
+bare PyTorch loop computing the same forward and backward passes.
+
+Cases (ratio = convlens steps/s ÷ bare steps/s; goal >= 0.9x, i.e. objectives, regularizers and
+transforms cost <= 10%):
+
+* **class model, demo** -- ``runs/demo`` (shapesnet 3x64x64; random weights when absent), a batch of 10
+  images (one per class), ``class_model``'s objective S_c + 3 log P(c) - λ||x - mean||², jitter, a
+  Gaussian blur every 2 steps, Adam, box projection. Bare: ``x.requires_grad_()``; ``model(x)``;
+  ``score.sum().backward()``; ``x += lr * grad`` -- a forward and a backward of the same model and input.
+* **class model, VGG-16** -- ``convlens.create("vgg16")`` (random weights) at 3x224x224, batch 1, same
+  objective and regularizers, 6 steps (best of 2: about 40 s on 2 cores). The one extra forward that
+  scores the returned image costs 1/3 of a step, about 5% of 6 steps.
+* **inversion, demo** -- ``feature_match`` at ``conv3`` (Mahendran & Vedaldi), alone and with the TV and
+  α-norm priors, SGD with momentum and normalized steps; the core stops the forward after conv3. Bare:
+  a ``nn.Sequential`` of the layers up to conv3, squared error, backward, update (no priors: with them,
+  the row measures what the priors themselves cost next to a forward that stops early).
+
+Both sides use the same thread count, images and step count, and compute no parameter gradients (the
+bare loop runs with ``requires_grad`` off, as ``optimize`` does); the convlens time is the whole
+``optimize`` call (setup, hooks, the final evaluation forward). Best of ``REPEATS`` after a warm-up,
+sides alternated so that drift affects both.
+"""
+from __future__ import annotations
+
+import time
+
+from .demo_model import demo_model
+
+REPEATS = 5
+THREADS = 2
+
+
+def _demo():
+    """(the demo pixel model, its mean pixel (C,), a label)."""
+    model, source = demo_model()
+    return model, model.normalize.mean.reshape(-1).clone(), source
+
+
+def _time(ours, bare, model, repeats: int = REPEATS) -> tuple[float, float]:
+    """Best seconds of ``ours()`` and ``bare()``; the bare loop runs with the model's parameters frozen, as
+    ``optimize`` runs it (no parameter gradients: only the image's)."""
+    flags = [p.requires_grad for p in model.parameters()]
+
+    def frozen_bare():
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            bare()
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+
+    ours(), frozen_bare()  # warm-up
+    t_ours, t_bare = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        ours()
+        t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        frozen_bare()
+        t_bare.append(time.perf_counter() - t)
+    return min(t_ours), min(t_bare)
+
+
+def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEATS):
+    import torch
+
+    from convlens.visualize import objectives as O
+    from convlens.visualize.optimize import blur, jitter, optimize
+
+    targets = torch.arange(n) % 10
+    center = mean.reshape(1, -1, 1, 1) if mean is not None else torch.zeros(1, 1, 1, 1)
+    init = center.expand(n, *shape).clone() + 0.02 * torch.randn(n, *shape)      # (N, C, H, W)
+    box = (0.0, 1.0) if mean is not None else None
+    objective = O.class_score(targets) + 3.0 * O.class_logprob(targets) + 0.05 * O.l2(
+        mean if mean is not None else 0.0)
+
+    def ours():
+        optimize(model, objective, init, steps=steps, lr=0.05, optimizer="adam", box=box,
+                 transforms=[jitter(max(1, shape[1] // 16))], every=[blur(0.8, 2)])
+
+    def bare():
+        x = init.clone().requires_grad_(True)
+        for _ in range(steps):
+            score = model(x)[torch.arange(n), targets].sum()
+            x.grad = None
+            score.backward()
+            with torch.no_grad():
+                x += 0.05 * x.grad
+
+    ours_s, bare_s = _time(ours, bare, model, repeats)
+    return {"case": name, "model": source, "input": f"{n}x{'x'.join(map(str, shape))}", "steps": steps,
+            "convlens_s": ours_s, "convlens_steps_s": steps / ours_s, "peer": "bare forward+backward loop",
+            "peer_s": bare_s, "peer_steps_s": steps / bare_s, "ratio": bare_s / ours_s, "goal": ">= 0.9x"}
+
+
+def _inversion_case(model, source, priors: bool, steps=30, n=4):
+    import torch
+    from torch import nn
+
+    from convlens.visualize import objectives as O
+    from convlens.visualize.optimize import optimize
+
+    net = model.net
+    cut = list(net.features._modules).index("conv3") + 1
+    prefix = nn.Sequential(model.normalize, *list(net.features)[:cut]).eval()   # the layers up to conv3
+    torch.manual_seed(0)
+    x0 = torch.rand(n, 3, 64, 64)
+    with torch.no_grad():
+        target = prefix(x0)                                                         # (N, 128, 8, 8)
+    init = torch.rand(n, 3, 64, 64)
+    objective = O.feature_match("conv3", target)
+    if priors:
+        objective = objective + 1e-3 * O.tv() + 1e-5 * O.alpha_norm(6.0, 0.5)
+
+    def ours():
+        optimize(model, objective, init, steps=steps, lr=0.02, optimizer="sgd", normalize_grad=True, box=(0.0, 1.0))
+
+    def bare():
+        x = init.clone().requires_grad_(True)
+        for _ in range(steps):
+            loss = ((prefix(x) - target) ** 2).sum()
+            x.grad = None
+            loss.backward()
+            with torch.no_grad():
+                x -= 0.02 * x.grad
+
+    ours_s, bare_s = _time(ours, bare, prefix)
+    case = "inversion: feature_match(conv3)" + (" + TV + alpha priors" if priors else "")
+    return {"case": case, "model": source, "input": f"{n}x3x64x64",
+            "steps": steps, "convlens_s": ours_s, "convlens_steps_s": steps / ours_s,
+            "peer": "bare forward (to conv3) + backward loop", "peer_s": bare_s, "peer_steps_s": steps / bare_s,
+            "ratio": bare_s / ours_s, "goal": ">= 0.9x"}
+
+
+def run() -> list[dict]:
+    import torch
+
+    import convlens
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        torch.manual_seed(0)
+        model, mean, source = _demo()
+        rows = [_class_model_case("class model + jitter + blur", model, mean, (3, 64, 64), 10, 30, source)]
+        rows += [_inversion_case(model, source, priors=False), _inversion_case(model, source, priors=True)]
+        vgg = convlens.create("vgg16").eval()
+        rows.append(_class_model_case("class model + jitter + blur", vgg, None, (3, 224, 224), 1, 6,
+                                      "vgg16 (random weights)", repeats=2))
+        return rows
+    finally:
+        torch.set_num_threads(before)
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)

@@ -1,0 +1,190 @@
+"""`convlens class-model` and `convlens fooling`: thin wrappers over convlens.class_model and
+convlens.fooling_image.
+
+`class-model` saves ``RUN/results/class-model.json/.npz/.png`` (or, with ``--layer``,
+``unit-model.*``); `fooling` saves ``RUN/results/fooling-<method>.json/.npz/.png``. The report's
+class-model and fooling sections read them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError
+from .app import app
+
+CLASS_MODEL, UNIT_MODEL = "class-model", "unit-model"
+
+
+def fooling_name(method: str) -> str:
+    return f"fooling-{method}"
+
+
+def save_result(run, name: str, result, figure, *, schema: str) -> Path | None:
+    """``RUN/results/<name>.json/.npz`` and ``<name>.png``; nothing for a run without a directory."""
+    from ..io import atomic_write_bytes
+    from ..plots.common import to_png
+    from ..visualize.class_model import save_optimized
+
+    if getattr(run, "dir", None) is None:
+        return None
+    out = Path(run.dir) / "results"
+    path = save_optimized(out / name, result, schema=schema)
+    atomic_write_bytes(out / f"{name}.png", to_png(figure))
+    return path
+
+
+def compute_class_model(run, targets=None, *, n_seeds: int = 3, steps: int = 100, layer: str | None = None,
+                        units=None, progress: bool = False):
+    """Class models (or hidden-unit maximizations) of ``run``, saved for the report; returns the result."""
+    from ..plots.class_model import class_model_figure
+    from ..visualize.class_model import class_model
+
+    result = class_model(run, targets, layer=layer, unit=units, n_seeds=n_seeds, steps=steps, progress=progress)
+    save_result(run, UNIT_MODEL if layer else CLASS_MODEL, result, class_model_figure(result),
+                schema="convlens.class_model/1")
+    return result
+
+
+def compute_fooling(run, targets=None, *, method: str = "gradient", progress: bool = False, **options):
+    """Fooling images of ``run`` by ``method``, saved for the report; returns the result."""
+    from ..plots.fooling import fooling_figure
+    from ..visualize.fooling import fooling_image
+
+    result = fooling_image(run, targets, method=method, progress=progress, **options)
+    save_result(run, fooling_name(method), result, fooling_figure(result), schema="convlens.fooling/1")
+    return result
+
+
+def last_conv(run) -> str:
+    """The lecture name (or module path) of the run's last nn.Conv2d: the demo's hidden units to maximize."""
+    from torch import nn
+
+    model = run.pixel_model()
+    paths = [p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not paths:
+        raise InputError("this model has no nn.Conv2d layer whose units could be maximized; give --layer")
+    names = {path: name for name, path in getattr(model, "lecture_names", {}).items()}
+    return names.get(paths[-1], paths[-1])
+
+
+def demo_class_model(run) -> None:
+    """The demo's class models: every class, 3 seeds (rows), 100 steps; and 8 units of the last conv layer."""
+    from ..training.runs import load_run
+
+    run = run if hasattr(run, "pixel_model") else load_run(run)
+    compute_class_model(run, n_seeds=3, steps=100)
+    compute_class_model(run, n_seeds=1, steps=100, layer=last_conv(run), units=list(range(8)))
+
+
+def demo_fooling(run) -> None:
+    """The demo's fooling images: one per class by gradient ascent from noise, and one per class by CPPN
+    evolution (outputs only; 16 mutants per class and generation, at most 300 generations: ~180 on the demo)."""
+    from ..training.runs import load_run
+
+    run = run if hasattr(run, "pixel_model") else load_run(run)
+    compute_fooling(run, method="gradient")
+    compute_fooling(run, method="evolution", generations=300, population=16)
+
+
+# ---- commands ------------------------------------------------------------------------------------------
+
+def _targets(run, classes: list[str], every: bool):
+    if every and classes:
+        raise InputError("give either --class (one or more) or --all, not both")
+    if every or not classes:
+        return None
+    return [int(c) if c.isdigit() and not (run.class_names and c in run.class_names) else c for c in classes]
+
+
+def _units(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--unit must be channel indices separated by commas, e.g. 0,3,7; got {text!r}") from None
+
+
+@app.command("class-model")
+def class_model_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    classes: List[str] = typer.Option([], "--class", help="Class name or index; repeat for more."),
+    every: bool = typer.Option(False, "--all", help="Every class (one column each)."),
+    seeds: int = typer.Option(3, "--seeds", help="Random starts per class (one row each)."),
+    steps: int = typer.Option(100, "--steps", help="Gradient steps."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Maximize hidden units of this layer instead."),
+    unit: Optional[str] = typer.Option(None, "--unit", help="With --layer: channel indices, comma-separated."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Class model visualization: the image maximizing a class score (Simonyan et al. 2014) or a hidden unit."""
+    from ..training.runs import load_run
+    from ..visualize.class_model import to_dict
+
+    loaded = load_run(run)
+    if layer is None and (unit is not None):
+        raise InputError("--unit goes with --layer (the layer whose channels to maximize)")
+    if layer is not None and (classes or every):
+        raise InputError("give either --class/--all (class models) or --layer with --unit (hidden units)")
+    if layer is None and not classes and not every:
+        raise InputError("give --class NAME (repeatable) or --all")
+    units = _units(unit) if layer is not None else None
+    if layer is not None and units is None:
+        units = list(range(8))
+    result = compute_class_model(loaded, None if layer else _targets(loaded, classes, every), n_seeds=seeds,
+                                 steps=steps, layer=layer, units=units, progress=not quiet)
+    if as_json:
+        typer.echo(json.dumps(to_dict(result, schema="convlens.class_model/1"), indent=2))
+        return
+    typer.echo(repr(result))
+    info = result.info
+    for i in range(len(result)):
+        if info["kind"] == "class":
+            typer.echo(f"  {info['labels'][i]:>12} seed {info['seeds'][i]}: score {info['score_before'][i]:8.3f} -> "
+                       f"{info['score_after'][i]:8.3f}   P {info['prob_before'][i]:.3f} -> {info['prob_after'][i]:.3f}"
+                       f"   top-1 {'yes' if info['top1'][i] == info['targets'][i] else 'no'}")
+        else:
+            typer.echo(f"  {info['labels'][i]:>12} seed {info['seeds'][i]}: activation "
+                       f"{info['activation_before'][i]:.3f} -> {info['activation_after'][i]:.3f}")
+
+
+@app.command("fooling")
+def fooling_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    classes: List[str] = typer.Option([], "--class", help="Class name or index; repeat for more (default: all)."),
+    every: bool = typer.Option(False, "--all", help="Every class (the default)."),
+    method: str = typer.Option("gradient", "--method", help="gradient (ascent from noise) or evolution "
+                                                            "(outputs only)."),
+    encoding: str = typer.Option("cppn", "--encoding", help="evolution: cppn or direct."),
+    confidence: float = typer.Option(0.996, "--confidence", help="Goal: P(class) of each image."),
+    steps: int = typer.Option(500, "--steps", help="gradient: at most this many steps."),
+    generations: int = typer.Option(500, "--generations", help="evolution: at most this many generations."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Fooling images (Nguyen et al. 2015): unrecognizable images classified with >= 99.6% confidence."""
+    from ..training.runs import load_run
+    from ..visualize.class_model import to_dict
+
+    loaded = load_run(run)
+    options = {"steps": steps} if method == "gradient" else {"generations": generations, "encoding": encoding}
+    result = compute_fooling(loaded, _targets(loaded, classes, every), method=method, confidence=confidence,
+                             seed=seed, progress=not quiet, **options)
+    if as_json:
+        typer.echo(json.dumps(to_dict(result, schema="convlens.fooling/1"), indent=2))
+        return
+    info = result.info
+    typer.echo(repr(result))
+    when, unit = ((info["steps_to_reach"], "step") if method == "gradient"
+                  else (info["generation_reached"], "generation"))
+    for i in range(len(result)):
+        status = f"reached at {unit} {when[i]}" if info["reached"][i] else "not reached"
+        typer.echo(f"  {info['labels'][i]:>12}: P = {100 * info['confidence'][i]:.2f}%  ({status})")
+    total = f"{info['steps']} steps" if method == "gradient" else f"{info['generations']} generations"
+    typer.echo(f"  {sum(info['reached'])}/{len(result)} reached {100 * confidence:.1f}% in {total}, "
+               f"{info['evaluations']:,} images scored")
