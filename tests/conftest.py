@@ -227,3 +227,32 @@ def assert_as_found(model: nn.Module, state) -> None:
     assert [m.training for m in model.modules()] == modes, "train/eval mode not restored"
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()), \
         "a hook was left behind"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread (two threads on a busy 2-core machine make a tiny conv far slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_gloo_workers(worker, tmp_path, world_size: int = 2, *args) -> list:
+    """Spawn ``world_size`` processes running ``worker(rank, world_size, init_url, out_dir, queue, *args)``
+    (each joins a gloo group at ``init_url`` and puts one result on the queue); their results in rank
+    order after checking every process exited cleanly. ``worker`` must be a module-level function."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=worker, args=(r, world_size, init, str(tmp_path / "out"), q, *args))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return sorted(got, key=lambda g: g[0])

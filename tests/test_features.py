@@ -12,6 +12,7 @@ from convlens import Features, features, parse
 from convlens.data.dataset import ImageDataset, LazyImageDataset
 from convlens.errors import DataError, InputError, LayerNotFoundError
 from test_taps import hooks_left
+from conftest import run_gloo_workers
 
 
 def grammar_net():
@@ -218,18 +219,7 @@ def _dist_worker(rank, world_size, init, out, q):
 
 @pytest.mark.slow
 def test_two_gloo_processes(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    init = f"file://{tmp_path / 'rendezvous'}"
-    procs = [ctx.Process(target=_dist_worker, args=(r, 2, init, str(tmp_path / "out"), q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = [q.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_gloo_workers(_dist_worker, tmp_path)
     whole = features(grammar_net(), dataset(n=13), ["conv1", "fc3"], batch_size=4, progress=False)
     for _, fc3, conv1 in got:  # every rank returns the whole
         np.testing.assert_array_equal(fc3, whole["fc3"])

@@ -15,13 +15,7 @@ from convlens.visualize.fooling import cppn_render, fooling_image
 from conftest import assert_as_found, model_state
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (two threads on a busy 2-core machine make a tiny conv ~1000x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one torch thread
 
 
 def _confidence(model, images, targets):

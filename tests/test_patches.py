@@ -16,6 +16,7 @@ from convlens import TopPatches, capture, receptive_field, top_patches
 from convlens.data.dataset import ImageDataset
 from convlens.errors import DataError, InputError, LayerNotFoundError
 from test_taps import hooks_left
+from conftest import run_gloo_workers
 
 
 def tie_data(n=23, shape=(3, 16, 16)):
@@ -345,20 +346,9 @@ def _dist_worker(rank, world_size, init, out, q):
 
 @pytest.mark.slow
 def test_two_gloo_processes(tmp_path):
-    import torch.multiprocessing as mp
-
     from conftest import FIXTURE_MODELS
 
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    init = f"file://{tmp_path / 'rendezvous'}"
-    procs = [ctx.Process(target=_dist_worker, args=(r, 2, init, str(tmp_path / "out"), q)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = [q.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_gloo_workers(_dist_worker, tmp_path)
     whole = top_patches(FIXTURE_MODELS["tiny_resnet"]().eval(), tie_data(n=13), ["layer2", "fc"], k=3, batch_size=4,
                         progress=False)
     for _, layer2, fc, boxes in got:  # every rank returns the whole
