@@ -14,10 +14,9 @@ so drift affects both. Goal: ratio <= 1.15x. A second row measures the same with
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 from .demo_model import demo_model
+from .timing import alternate
 
 REPEATS = 5
 BATCH = 128
@@ -46,15 +45,7 @@ def run() -> list[dict]:
             convlens.features(model, images, convs, pool=pool, batch_size=BATCH, progress=False)
 
         ours(), bare()  # warm-up
-        t_ours, t_bare = [], []
-        for _ in range(REPEATS):
-            t = time.perf_counter()
-            ours()
-            t_ours.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            bare()
-            t_bare.append(time.perf_counter() - t)
-        ours_s, bare_s = statistics.median(t_ours), statistics.median(t_bare)
+        ours_s, bare_s = alternate(ours, bare, REPEATS)
         rows.append({"case": f"features {len(convs)} conv layers, pool={pool}", "model": source,
                      "images": len(images), "batch": BATCH, "convlens_s": ours_s,
                      "peer": "torch.no_grad() forward", "peer_s": bare_s, "ratio": ours_s / bare_s,

@@ -15,10 +15,9 @@ so drift affects both. Goal: ratio <= 1.15x.
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 from .demo_model import demo_model
+from .timing import alternate
 
 REPEATS = 5
 BATCH = 128
@@ -45,15 +44,7 @@ def run() -> list[dict]:
 
     layers = ours().layers
     bare()  # warm-up
-    t_ours, t_bare = [], []
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        bare()
-        t_bare.append(time.perf_counter() - t)
-    ours_s, bare_s = statistics.median(t_ours), statistics.median(t_bare)
+    ours_s, bare_s = alternate(ours, bare, REPEATS)
     return [{"case": f"top-9 patches of {len(layers)} conv layers ({', '.join(layers)}) in one pass",
              "model": source, "images": len(images), "batch": BATCH, "threads": threads, "convlens_s": ours_s,
              "peer": "torch.no_grad() forward", "peer_s": bare_s, "ratio": ours_s / bare_s, "goal": "<= 1.15x"}]

@@ -207,6 +207,7 @@ def choose_layers(model: nn.Module, layers) -> tuple[list[str], list[str]]:
     from ..arch.grammar import GrammarNet
     from ..insight.ablation import layer_groups
     from ..layers import display_names, resolve
+    from ..taps import _names
 
     net = getattr(model, "net", model)
     groups = layer_groups(net) if isinstance(net, GrammarNet) else []
@@ -223,12 +224,7 @@ def choose_layers(model: nn.Module, layers) -> tuple[list[str], list[str]]:
         return paths, paths
     if isinstance(layers, str):
         layers = [n.strip() for n in layers.split(",") if n.strip()]
-    try:
-        names = list(dict.fromkeys(layers))
-    except TypeError:
-        raise expect("layers", "a layer name or a list of layer names", layers) from None
-    if not names or not all(isinstance(n, str) for n in names):
-        raise expect("layers", "a layer name or a non-empty list of layer names", layers)
+    names = _names(layers)
     for n in names:
         resolve(model, n)  # LayerNotFoundError with suggestions, before any work
     outputs = {g.name: g.output for g in groups}
