@@ -36,7 +36,7 @@ def table(rows: list[dict]) -> str:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    cells = [columns] + [[f"{r[c]:,.1f}x" if c == "ratio" and isinstance(r.get(c), (int, float)) else fmt(r.get(c))
+    cells = [columns] + [[(f"{r[c]:.2f}x" if r[c] < 10 else f"{r[c]:,.1f}x") if c == "ratio" and isinstance(r.get(c), (int, float)) else fmt(r.get(c))
                           for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(w) if i == 0 or not _numeric(cell) else cell.rjust(w)

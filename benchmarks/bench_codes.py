@@ -2,10 +2,11 @@
 
 **t-SNE.** Data: the demo run's CNN codes (``runs/demo``: shapesnet, the 128-D ``gap4`` vector the
 classifier receives) of 20,000 ``shapes`` training images (seed 1), or a random-weight shapesnet's
-when the demo was never built. Extracting them is not timed. convlens: ``convlens.tsne`` end to end
-(PCA 128 -> 50 dims, then openTSNE: 250 early-exaggeration iterations + 750, so 1,000 in all, FFT
-gradients). Peer: ``sklearn.manifold.TSNE`` on the same raw codes, the same perplexity (30) and
-1,000 iterations (``max_iter``; 250 of them exaggerated), PCA initialization, Barnes-Hut. Both use
+when the demo was never built. Extracting them is not timed. convlens: ``convlens.tsne`` end to end with its
+defaults (PCA 128 -> 50 dims, then openTSNE on exact neighbours: 250 early-exaggeration iterations with
+FFT gradients, the rescale to the KL-optimal size, 200 Barnes-Hut iterations). Peer:
+``sklearn.manifold.TSNE`` on the same raw codes, the same perplexity (30) and its default 1,000
+iterations (``max_iter``; 250 of them exaggerated), PCA initialization, Barnes-Hut. Both use
 ``THREADS`` threads (``n_jobs``, torch, and BLAS through threadpoolctl). Quality: each library's own
 KL divergence, and both embeddings' exact KL(P || Q) under one common P (openTSNE's perplexity-30
 affinities from exact neighbours of the raw codes; Q normalized over all 20,000^2 pairs).
@@ -74,7 +75,7 @@ def _tsne_rows(x: np.ndarray, source: str) -> tuple[list[dict], np.ndarray]:
     import convlens
 
     t = time.perf_counter()
-    ours = convlens.tsne(x, perplexity=PERPLEXITY, seed=0, n_iter=750, n_jobs=THREADS)
+    ours = convlens.tsne(x, perplexity=PERPLEXITY, seed=0, n_jobs=THREADS)
     ours_s = time.perf_counter() - t
     t = time.perf_counter()
     peer = TSNE(n_components=2, perplexity=PERPLEXITY, max_iter=1000, init="pca", learning_rate="auto",
@@ -82,7 +83,7 @@ def _tsne_rows(x: np.ndarray, source: str) -> tuple[list[dict], np.ndarray]:
     y_peer = peer.fit_transform(x)
     peer_s = time.perf_counter() - t
     p = PerplexityBasedNN(x, perplexity=PERPLEXITY, method="exact", n_jobs=THREADS, random_state=0).P
-    row = {"case": f"t-SNE {len(x):,} x {x.shape[1]} codes (PCA + openTSNE, 1,000 its)", "data": source,
+    row = {"case": f"t-SNE {len(x):,} x {x.shape[1]} codes (PCA + openTSNE, {ours.n_iter} its + rescale)", "data": source,
            "threads": THREADS, "convlens_s": ours_s, "peer": "sklearn TSNE (Barnes-Hut, 1,000 its)",
            "peer_s": peer_s, "ratio": ours_s / peer_s, "goal": "<= 0.3x at equal or lower KL",
            "kl_convlens": ours.kl_divergence, "kl_peer": float(peer.kl_divergence_),

@@ -5,14 +5,15 @@ Cases (ratio = convlens steps/s ÷ bare steps/s; goal >= 0.9x, i.e. objectives, 
 transforms cost <= 10%):
 
 * **class model, demo** -- ``runs/demo`` (shapesnet 3x64x64; random weights when absent), a batch of 10
-  images (one per class), ``class_model``'s objective S_c + 3 log P(c) - λ||x - mean||², jitter, a
+  images (one per class), ``class_model``'s default 100 steps, ``class_model``'s objective S_c + 3 log P(c) - λ||x - mean||², jitter, a
   Gaussian blur every 2 steps, Adam, box projection. Bare: ``x.requires_grad_()``; ``model(x)``;
   ``score.sum().backward()``; ``x += lr * grad`` -- a forward and a backward of the same model and input.
 * **class model, VGG-16** -- ``convlens.create("vgg16")`` (random weights) at 3x224x224, batch 1, same
   objective and regularizers, 6 steps (best of 2: about 40 s on 2 cores). The one extra forward that
   scores the returned image costs 1/3 of a step, about 5% of 6 steps.
 * **inversion, demo** -- ``feature_match`` at ``conv3`` (Mahendran & Vedaldi), alone and with the TV and
-  α-norm priors, SGD with momentum and normalized steps; the core stops the forward after conv3. Bare:
+  α-norm priors, SGD with momentum and normalized steps, ``invert``'s default 200 steps; the core
+  stops the forward after conv3. Bare:
   a ``nn.Sequential`` of the layers up to conv3, squared error, backward, update (no priors: with them,
   the row measures what the priors themselves cost next to a forward that stops early).
 
@@ -95,7 +96,7 @@ def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEAT
             "peer_s": bare_s, "peer_steps_s": steps / bare_s, "ratio": bare_s / ours_s, "goal": ">= 0.9x"}
 
 
-def _inversion_case(model, source, priors: bool, steps=30, n=4):
+def _inversion_case(model, source, priors: bool, steps=200, n=4):
     import torch
     from torch import nn
 
@@ -144,7 +145,7 @@ def run() -> list[dict]:
     try:
         torch.manual_seed(0)
         model, mean, source = _demo()
-        rows = [_class_model_case("class model + jitter + blur", model, mean, (3, 64, 64), 10, 30, source)]
+        rows = [_class_model_case("class model + jitter + blur", model, mean, (3, 64, 64), 10, 100, source)]
         rows += [_inversion_case(model, source, priors=False), _inversion_case(model, source, priors=True)]
         vgg = convlens.create("vgg16").eval()
         rows.append(_class_model_case("class model + jitter + blur", vgg, None, (3, 224, 224), 1, 6,

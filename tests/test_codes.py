@@ -18,6 +18,7 @@ from convlens import DataError, InputError, ShapeError
 from convlens.visualize.codes import Codes, code_layer, codes, pixel_codes, thumbnails
 from convlens.visualize.neighbors import label_agreement, neighbors
 from convlens.visualize.projector import export_projector, sprite_layout
+from convlens.visualize.tsne_fit import best_scale, kl_divergence
 from convlens.visualize.tsne_grid import cell_centres, normalized, tsne_grid
 
 from conftest import FIXTURE_MODELS
@@ -239,6 +240,42 @@ def test_tsne_is_deterministic_and_keeps_clusters():
     assert not np.allclose(a.embedding, c.embedding)
     with pytest.raises(InputError, match="perplexity"):
         convlens.tsne(x, perplexity=50)
+
+
+def _exact_kl(p, y):
+    """KL(P || Q) by brute force over all pairs (numpy), Q the Student-t affinities of layout y."""
+    p = p.toarray()
+    w = 1.0 / (1.0 + ((y[:, None, :] - y[None, :, :]) ** 2).sum(-1))
+    np.fill_diagonal(w, 0.0)
+    q = w / w.sum()
+    keep = p > 0
+    return float((p[keep] * np.log(p[keep] / q[keep])).sum())
+
+
+def test_rescale_finds_the_kl_minimizing_scale():
+    from openTSNE.affinity import PerplexityBasedNN
+
+    x, _ = _blobs(n_per=30, d=5)
+    p = PerplexityBasedNN(x.astype(np.float64), perplexity=8, method="exact", random_state=0, verbose=False).P
+    xc = x - x.mean(0)
+    y = xc @ np.linalg.svd(xc, full_matrices=False)[2][:2].T / 100  # a compact layout (PCA), like after exaggeration
+    assert kl_divergence(y, p) == pytest.approx(_exact_kl(p, y), rel=2e-2)  # Barnes-Hut vs every pair
+    s = best_scale(y, p)
+    grid = np.geomspace(0.05, 200, 400)
+    kls = [_exact_kl(p, y * g) for g in grid]
+    best = grid[int(np.argmin(kls))]
+    assert grid[0] < best < grid[-1]
+    assert abs(math.log(s / best)) < 0.1  # the golden-section search lands on the brute-force minimum
+    assert _exact_kl(p, y * s) <= min(kls) + 2e-3 and _exact_kl(p, y * s) < _exact_kl(p, y)
+
+
+def test_tsne_gradient_methods_agree_in_quality():
+    x, y = _blobs(n_per=50, d=8)
+    for method in ("bh", "fft"):
+        res = convlens.tsne(x, perplexity=10, n_iter=100, negative_gradient_method=method, labels=y)
+        assert label_agreement(res.embedding, y, k=5, metric="l2") > 0.95 and res.scale > 0
+    with pytest.raises(InputError, match="negative_gradient_method"):
+        convlens.tsne(x, perplexity=10, negative_gradient_method="exact")
 
 
 def test_tsne_result_round_trip_and_plots(tmp_path):

@@ -49,9 +49,12 @@ OBJECTIVES = {
     "feature_match": lambda x0: O.feature_match("conv1", torch.randn(2, 4, 8, 10, dtype=torch.float64)),
     "l2": lambda x0: O.l2(torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)),
     "alpha_norm": lambda x0: O.alpha_norm(6.0, 0.5),
+    "alpha_norm_odd": lambda x0: O.alpha_norm(3.0, 0.5),
     "tv2": lambda x0: O.tv(2.0),
     "tv1": lambda x0: O.tv(1.0),
     "distance": lambda x0: O.distance(x0, 2.0),
+    "distance_p1.5": lambda x0: O.distance(x0, 1.5),
+    "tv1.5": lambda x0: O.tv(1.5),
     "combined": lambda x0: O.class_score(0) + 1e-2 * O.l2() + 0.5 * O.channel("conv1", 0) - O.tv(),
 }
 
@@ -152,3 +155,40 @@ def test_evaluate_equals_plain_forward_and_errors_are_clear():
         evaluate(model, O.channel("conv1", 9), x)
     with pytest.raises(InputError, match="objective must be"):
         optimize(model, lambda s: s.logits[:, 0], torch.rand(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgd0", "adam"])
+def test_update_rules_equal_torch_optim(name):
+    from convlens.visualize import update_rules
+
+    target = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    ours_z = torch.zeros(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    ref_z = ours_z.detach().clone().requires_grad_(True)
+    momentum = 0.0 if name == "sgd0" else 0.9
+    ours = update_rules.make(name[:3] if name != "adam" else "adam", ours_z, 0.05, momentum)
+    ref = (torch.optim.Adam([ref_z], lr=0.05) if name == "adam"
+           else torch.optim.SGD([ref_z], lr=0.05, momentum=momentum))
+
+    def closure(z):
+        def f():
+            z.grad = None
+            loss = ((z - target) ** 4).sum()
+            loss.backward()
+            return loss
+        return f
+    for step in range(7):
+        ours.step(closure(ours_z))
+        ref.zero_grad()
+        ref.step(closure(ref_z))
+        ours.lr *= 0.9
+        ref.param_groups[0]["lr"] *= 0.9
+        torch.testing.assert_close(ours_z, ref_z, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 1, 5), (2, 2, 4, 1), (1, 1, 2, 2)])
+def test_fused_priors_on_thin_images_match_finite_differences(shape):
+    from convlens.visualize.objectives import State
+
+    objective = 1e-1 * O.tv(2.0) - 0.5 * O.tv(1.5) + 2.0 * O.alpha_norm(4.0, 0.3) + O.l2()
+    x = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: objective(State(t, t)), (x,), eps=1e-6, atol=1e-5, rtol=1e-4)

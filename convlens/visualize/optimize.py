@@ -38,6 +38,7 @@ from torch import nn
 from ..errors import InputError, expect
 from ..layers import resolve
 from ..taps import eval_mode, model_device
+from . import update_rules
 from .objectives import Objective, State, as_objective
 
 __all__ = ["optimize", "evaluate", "OptimizedImage", "jitter", "blur", "clip_small_norm", "clip_small_contribution",
@@ -183,8 +184,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
     z = _to_param(x0, parametrization, lo, hi).requires_grad_(True)
     gen = torch.Generator().manual_seed(int(seed))
     forward = _Forward(model, objective)
-    opt = _make_optimizer(optimizer, z, lr, momentum)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, lr_decay) if lr_decay else None
+    rule = update_rules.make(optimizer, z, lr, momentum)
     history = torch.empty(steps, len(x0), device=device, dtype=torch.float32)
     from tqdm.auto import tqdm
 
@@ -194,25 +194,24 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
             state_box = {}
 
             def closure():
-                opt.zero_grad(set_to_none=True)
+                z.grad = None
                 x = _from_param(z, parametrization, lo, hi)
                 seen = x
                 for t in transforms:
                     seen = t(seen, gen)
                 state = forward(seen, x)
                 value = objective(state)                                           # (N,)
-                (-value.sum()).backward()
+                loss = -value.sum()
+                loss.backward()
                 if normalize_grad == "sign":
                     z.grad.sign_()
                 elif normalize_grad:
-                    g = z.grad.reshape(len(z), -1)
-                    z.grad.div_(g.abs().mean(dim=1).clamp_min(1e-12).reshape(-1, 1, 1, 1))
+                    z.grad.div_(torch.linalg.vector_norm(z.grad, 1, dim=(1, 2, 3), keepdim=True)
+                                .div_(z[0].numel()).clamp_min_(1e-12))             # mean |grad| per image
                 state_box.update(state=state, value=value.detach())
-                return -value.sum()
+                return loss
 
-            opt.step(closure)
-            if optimizer == "lbfgs" and opt.state[z].get("t", 1) == 0:
-                opt.state[z]["n_iter"] = 0  # the line search found no step (a ReLU kink): restart from -grad
+            rule.step(closure)
             grad = z.grad.detach() if z.grad is not None else None
             with torch.no_grad():
                 history[step] = state_box["value"].float()
@@ -221,8 +220,8 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
                         reg(z.data, step, grad)
                     if box is not None:
                         z.data.clamp_(lo, hi)
-            if sched is not None:
-                sched.step()
+            if lr_decay:
+                rule.lr *= lr_decay
             done = step + 1
             if stop is not None and stop(state_box["state"], state_box["value"]):
                 break
@@ -257,7 +256,7 @@ class _Stop(Exception):
 class _Forward:
     """Runs the model and records the objective's layers *with* gradient (a clone, so a following
     in-place ReLU cannot change the recorded value). When the objective needs no logits, the
-    forward stops right after its last layer."""
+    forward stops right after its last layer (whose output then needs no clone)."""
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.layers, self.need_logits = model, objective.layers, objective.logits
@@ -279,9 +278,11 @@ class _Forward:
         def hook(module, args, output):
             if not isinstance(output, torch.Tensor):
                 raise InputError(f"layer {name!r} must output a tensor for an objective; got {type(output).__name__}")
-            self.acts[name] = output.clone()
-            if not self.need_logits and len(self.acts) == len(self.modules):
+            last = not self.need_logits and len(self.acts) + 1 == len(self.modules) and name not in self.acts
+            if last:  # nothing runs after this layer, so nothing can change its output in place: no clone
+                self.acts[name] = output
                 raise _Stop
+            self.acts[name] = output.clone()
         return hook
 
     def __call__(self, seen: torch.Tensor, raw: torch.Tensor) -> State:
@@ -342,15 +343,6 @@ def _to_param(x: torch.Tensor, parametrization: str, lo, hi) -> torch.Tensor:
 
 def _from_param(z: torch.Tensor, parametrization: str, lo, hi) -> torch.Tensor:
     return z if parametrization == "pixels" else lo + (hi - lo) * torch.sigmoid(z)
-
-
-def _make_optimizer(name: str, z: torch.Tensor, lr: float, momentum: float):
-    if name == "sgd":
-        return torch.optim.SGD([z], lr=lr, momentum=momentum)
-    if name == "adam":
-        return torch.optim.Adam([z], lr=lr)
-    # max_eval: room for the line search (the default, 1.25 * max_iter, cuts it after one evaluation)
-    return torch.optim.LBFGS([z], lr=lr, max_iter=1, max_eval=25, history_size=20, line_search_fn="strong_wolfe")
 
 
 def _center(center, x: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ onto a full grid (``TSNEResult.grid`` / ``convlens.tsne_grid``).
 Pipeline: PCA to at most ``pca_dims`` (50) dimensions (scikit-learn's PCA with ``random_state=seed``:
 deterministic), then openTSNE (Poličar et al., "openTSNE: a modular Python library for t-SNE
 dimensionality reduction and embedding", JSS 2024): ``early_exaggeration_iter`` (250) iterations with
-early exaggeration 12, then ``n_iter`` (500) more; Barnes-Hut gradients below 10,000 points, FFT
-interpolation above; ``seed`` fixes PCA, the approximate neighbour search and the initialization,
-so a given seed (and ``n_jobs``) gives the same map. ``kl_divergence`` is openTSNE's KL(P || Q) of
-the final embedding.
+early exaggeration 12, a rescale of that layout to its KL-optimal size (a line search; see
+``convlens.visualize.tsne_fit``), then ``n_iter`` (200) more. ``seed`` fixes PCA, the neighbour
+search and the initialization, so a given seed (and ``n_jobs``) gives the same map.
+``kl_divergence`` is openTSNE's KL(P || Q) of the final embedding.
 """
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ class TSNEResult:
     layer: str = ""
     model: str = ""
     data: str = ""
-    seconds: dict = field(default_factory=dict)  # {"pca": s, "tsne": s}
+    seconds: dict = field(default_factory=dict)  # {"pca": s, "affinities": s, "exaggeration": s, ...}
+    scale: float = 1.0            # the factor the exaggerated layout was rescaled by
     schema: str = "convlens.tsne/1"
 
     def __len__(self) -> int:
@@ -59,7 +60,7 @@ class TSNEResult:
                if self.pca_dims < self.input_dims else f"{self.input_dims} dims, no PCA")
         secs = ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items())
         return (f"t-SNE{src}: {len(self)} points, perplexity {self.perplexity:g}, seed {self.seed}, {pca}, "
-                f"{self.n_iter} iterations, KL divergence {self.kl_divergence:.4f}" + (f" ({secs})" if secs else ""))
+                f"{self.n_iter} iterations (rescaled x{self.scale:.3g}), KL divergence {self.kl_divergence:.4f}" + (f" ({secs})" if secs else ""))
 
     def grid(self, rows: int | None = None, cols: int | None = None):
         """The embedding snapped onto a full ``rows`` x ``cols`` grid (``convlens.tsne_grid``)."""
@@ -99,7 +100,7 @@ class TSNEResult:
                 "perplexity": self.perplexity, "seed": self.seed, "pca_dims": self.pca_dims,
                 "input_dims": self.input_dims, "explained_variance": self.explained_variance,
                 "n_iter": self.n_iter, "class_names": self.class_names, "layer": self.layer, "model": self.model,
-                "data": self.data, "seconds": dict(self.seconds)}
+                "data": self.data, "seconds": dict(self.seconds), "scale": self.scale}
 
     def save(self, path: str | Path) -> Path:
         """``path`` (.json: metadata) and the same name with .npz (embedding, labels, indices)."""
@@ -119,7 +120,8 @@ class TSNEResult:
         return cls(np.asarray(arrays["embedding"], dtype=float), float(d["kl_divergence"]), float(d["perplexity"]),
                    int(d["seed"]), int(d["pca_dims"]), int(d["input_dims"]), float(d["explained_variance"]),
                    int(d["n_iter"]), arrays.get("labels"), arrays.get("indices"), d.get("class_names"),
-                   d.get("layer", ""), d.get("model", ""), d.get("data", ""), dict(d.get("seconds") or {}))
+                   d.get("layer", ""), d.get("model", ""), d.get("data", ""), dict(d.get("seconds") or {}),
+                   float(d.get("scale", 1.0)))
 
     @classmethod
     def load(cls, path: str | Path) -> "TSNEResult":
@@ -129,16 +131,17 @@ class TSNEResult:
         return cls.from_dict(read_json(path), read_npz(path.with_suffix(".npz")))
 
 
-def tsne(codes, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None = 50, n_iter: int = 500,
+def tsne(codes, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None = 50, n_iter: int = 200,
          early_exaggeration_iter: int = 250, n_jobs: int = 1, labels: Sequence[int] | None = None,
          class_names: Sequence[str] | None = None, negative_gradient_method: str = "auto") -> TSNEResult:
     """2-D t-SNE embedding of ``codes`` (a Codes, or an (N, D) array/tensor); see the module docstring.
 
     ``pca_dims``: PCA first to this many dimensions when the codes have more (None: no PCA).
-    ``perplexity`` must be below N / 3 (openTSNE's rule). ``labels``/``class_names`` default to the
-    Codes' own; they only colour the plots.
+    ``perplexity`` must be below N / 3 (openTSNE's rule). ``negative_gradient_method``: "auto"
+    (FFT for a small map of >= 10,000 points, Barnes-Hut otherwise), "fft" or "bh".
+    ``labels``/``class_names`` default to the Codes' own; they only colour the plots.
     """
-    import openTSNE
+    from .tsne_fit import METHODS, fit
 
     x = np.asarray(getattr(codes, "vectors", codes.detach().cpu() if hasattr(codes, "detach") else codes))
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating) or len(x) < 4 or x.shape[1] < 1:
@@ -156,6 +159,8 @@ def tsne(codes, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None
             raise expect(name, f"an int >= {lo}", v)
     if pca_dims is not None and (not isinstance(pca_dims, int) or isinstance(pca_dims, bool) or pca_dims < 2):
         raise expect("pca_dims", "an int >= 2 or None (no PCA)", pca_dims)
+    if negative_gradient_method not in METHODS:
+        raise expect("negative_gradient_method", " or ".join(map(repr, METHODS)), negative_gradient_method)
     if labels is None:
         labels = getattr(codes, "labels", None)
     if labels is not None:
@@ -172,14 +177,12 @@ def tsne(codes, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None
         reduced = pca.fit_transform(x)  # (N, pca_dims)
         explained = float(pca.explained_variance_ratio_.sum())
     t1 = time.perf_counter()
-    model = openTSNE.TSNE(n_components=2, perplexity=float(perplexity), n_iter=int(n_iter),
-                          early_exaggeration_iter=int(early_exaggeration_iter), random_state=int(seed),
-                          n_jobs=int(n_jobs), negative_gradient_method=negative_gradient_method, verbose=False)
-    emb = model.fit(np.ascontiguousarray(reduced, dtype=np.float64))
-    t2 = time.perf_counter()
+    result = fit(np.ascontiguousarray(reduced, dtype=np.float64), perplexity=float(perplexity), seed=int(seed),
+                 n_iter=int(n_iter), early_exaggeration_iter=int(early_exaggeration_iter), n_jobs=int(n_jobs),
+                 method=negative_gradient_method)
     names = list(class_names) if class_names is not None else getattr(codes, "class_names", None)
-    return TSNEResult(np.asarray(emb, dtype=float), float(emb.kl_divergence), float(perplexity), int(seed),
+    return TSNEResult(result.embedding, result.kl_divergence, float(perplexity), int(seed),
                       int(reduced.shape[1]), int(d), explained, int(early_exaggeration_iter + n_iter), labels,
                       getattr(codes, "indices", None), names, getattr(codes, "layer", ""),
                       getattr(codes, "model", ""), getattr(codes, "data_label", ""),
-                      {"pca": round(t1 - t0, 4), "tsne": round(t2 - t1, 4)})
+                      {"pca": round(t1 - t0, 4), **result.seconds}, result.scale)
