@@ -39,7 +39,6 @@ class Fit:
     embedding: np.ndarray     # (N, 2)
     kl_divergence: float
     scale: float              # the factor applied to the exaggerated layout
-    methods: tuple[str, str]  # negative-gradient method of the exaggeration and main phases
     seconds: dict
 
 
@@ -66,7 +65,7 @@ def fit(x: np.ndarray, *, perplexity: float, seed: int, n_iter: int, early_exagg
     emb = TSNEEmbedding(y, aff, n_jobs=n_jobs, random_state=seed, negative_gradient_method=main_method)
     emb = emb.optimize(n_iter, momentum=0.8)
     t4 = time.perf_counter()
-    return Fit(np.asarray(emb, dtype=float), float(emb.kl_divergence), scale, (ee_method, main_method),
+    return Fit(np.asarray(emb, dtype=float), float(emb.kl_divergence), scale,
                {"affinities": round(t1 - t0, 4), "exaggeration": round(t2 - t1, 4), "rescale": round(t3 - t2, 4),
                 "main": round(t4 - t3, 4)})
 
