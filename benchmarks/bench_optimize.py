@@ -24,9 +24,8 @@ sides alternated so that drift affects both.
 """
 from __future__ import annotations
 
-import time
-
 from .demo_model import demo_model
+from .timing import alternate
 
 REPEATS = 5
 THREADS = 2
@@ -53,15 +52,7 @@ def _time(ours, bare, model, repeats: int = REPEATS) -> tuple[float, float]:
                 p.requires_grad_(flag)
 
     ours(), frozen_bare()  # warm-up
-    t_ours, t_bare = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        ours()
-        t_ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        frozen_bare()
-        t_bare.append(time.perf_counter() - t)
-    return min(t_ours), min(t_bare)
+    return alternate(ours, frozen_bare, repeats, best=True)
 
 
 def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEATS):
