@@ -192,3 +192,30 @@ def test_fused_priors_on_thin_images_match_finite_differences(shape):
     objective = 1e-1 * O.tv(2.0) - 0.5 * O.tv(1.5) + 2.0 * O.alpha_norm(4.0, 0.3) + O.l2()
     x = torch.rand(*shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: objective(State(t, t)), (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_loop_with_priors_takes_the_steps_of_plain_autograd():
+    """optimize adds the priors' gradient by hand after the model's backward; five normalized SGD steps
+    with momentum and the box must equal the same steps on the objective written out in plain torch."""
+    model = Small().double().eval()
+    torch.manual_seed(1)
+    target = torch.randn(2, 4, 8, 10, dtype=torch.float64)
+    init = torch.rand(2, 3, 8, 10, dtype=torch.float64)
+    objective = O.feature_match("conv1", target) + 1e-2 * O.tv() + 1e-3 * O.alpha_norm(6.0, 0.5) + 0.1 * O.l2()
+    ours = optimize(model, objective, init, steps=5, lr=0.05, optimizer="sgd", momentum=0.9, normalize_grad=True,
+                    box=(0.0, 1.0))
+
+    x, buf, values = init.clone(), None, []
+    for _ in range(5):
+        x.requires_grad_(True)
+        a = model.conv1(x)
+        fm = -((a - target) ** 2).sum(dim=(1, 2, 3)) / (target ** 2).sum(dim=(1, 2, 3))
+        tv = ((x[:, :, 1:] - x[:, :, :-1]) ** 2).sum(dim=(1, 2, 3)) + ((x[..., 1:] - x[..., :-1]) ** 2).sum(dim=(1, 2, 3))
+        value = fm - 1e-2 * tv - 1e-3 * ((x - 0.5) ** 6).sum(dim=(1, 2, 3)) - 0.1 * (x ** 2).sum(dim=(1, 2, 3))
+        (g,) = torch.autograd.grad(-value.sum(), x)
+        g = g / g.abs().mean(dim=(1, 2, 3), keepdim=True)
+        buf = g if buf is None else 0.9 * buf + g
+        x = (x.detach() - 0.05 * buf).clamp(0.0, 1.0)
+        values.append(value.detach().numpy())
+    torch.testing.assert_close(ours.images, x, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.history, np.stack(values), rtol=1e-6)  # history is float32

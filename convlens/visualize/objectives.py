@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from ..errors import InputError, expect
+from .image_priors import FeatureError, ImagePriors, as_ref, scaled
 
 __all__ = ["State", "Objective", "class_score", "class_logprob", "channel", "neuron", "feature_match", "l2",
            "alpha_norm", "tv", "distance", "as_objective"]
@@ -56,7 +57,7 @@ class Objective:
 
     ``priors``: image priors (``l2``, ``alpha_norm``, ``tv``, ``distance``) summed into this objective,
     as (kind, weight, ...) terms; composition keeps them apart from ``fn`` so that all of them run as
-    one fused autograd function (:class:`_ImagePriors`) however they were combined.
+    one fused autograd function (:class:`~convlens.visualize.image_priors.ImagePriors`) however they were combined.
     """
 
     def __init__(self, fn: Callable[[State], torch.Tensor] | None, name: str, *, layers=(), logits: bool = False,
@@ -67,7 +68,7 @@ class Objective:
     def __call__(self, state: State) -> torch.Tensor:
         value = self.fn(state) if self.fn is not None else None
         if self.priors:
-            p = _ImagePriors.apply(state.raw, self.priors)
+            p = ImagePriors.apply(state.raw, self.priors)
             value = p if value is None else value + p
         return value
 
@@ -86,7 +87,7 @@ class Objective:
         else:
             fn = lambda s: fa(s) + sign * fb(s)  # noqa: E731
         return Objective(fn, f"{self.name} {op} {other.name}", layers=self.layers + other.layers,
-                         logits=self.logits or other.logits, priors=self.priors + _scaled(other.priors, sign))
+                         logits=self.logits or other.logits, priors=self.priors + scaled(other.priors, sign))
 
     def __add__(self, other):
         return self._join(other, 1.0)
@@ -107,7 +108,7 @@ class Objective:
             raise expect("an objective's factor", "a number or an (N,) float tensor (one weight per image)", k)
         fa = self.fn
         return Objective(None if fa is None else (lambda s: k * fa(s)), f"{k:g} * ({self.name})",
-                         layers=self.layers, logits=self.logits, priors=_scaled(self.priors, k))
+                         layers=self.layers, logits=self.logits, priors=scaled(self.priors, k))
 
     __rmul__ = __mul__
 
@@ -161,15 +162,15 @@ def neuron(layer: str, unit: int, position: tuple[int, int] | None = None) -> Ob
 def feature_match(layer: str, target: torch.Tensor) -> Objective:
     """-||Φ(x) - Φ0||² / ||Φ0||² for ``layer``'s output Φ; ``target`` Φ0 is (N, ...) or one (1, ...) for all."""
     target = target.detach()
-    norm = _per_image(target.float() ** 2).clamp_min(1e-12).to(target.dtype)  # (N,) or (1,)
+    wide = target.to(torch.promote_types(target.dtype, torch.float32))         # no float16 overflow
+    norm = _per_image(wide ** 2).clamp_min(1e-12).to(target.dtype)            # (N,) or (1,)
 
     def fn(s: State) -> torch.Tensor:
         a = s.act(layer)
         if a.shape[1:] != target.shape[1:]:
             raise InputError(f"feature_match: layer {layer!r} outputs {tuple(a.shape[1:])} per image but the target "
                              f"has {tuple(target.shape[1:])}")
-        d = a - target
-        return -_vdot(d, d) / norm
+        return FeatureError.apply(a, target, norm)
     return Objective(fn, f"-||{layer} - Φ0||²/||Φ0||²", layers=[layer])
 
 
@@ -177,14 +178,14 @@ def feature_match(layer: str, target: torch.Tensor) -> Objective:
 
 def l2(center=0.0) -> Objective:
     """-||x - center||², ``center`` a number or a (C,) / broadcastable tensor (e.g. the mean pixel)."""
-    return Objective(None, "||x||²", priors=(("pow", 1.0, center, 2.0),))
+    return Objective(None, "||x||²", priors=(("pow", 1.0, as_ref(center), 2.0),))
 
 
 def alpha_norm(alpha: float = 6.0, center=0.0) -> Objective:
     """-Σ |x - center|^α (Mahendran & Vedaldi's R_α; α = 6 keeps the range bounded)."""
     if not alpha > 0:
         raise expect("alpha", "a positive number", alpha)
-    return Objective(None, f"||x||_{alpha:g}^{alpha:g}", priors=(("pow", 1.0, center, float(alpha)),))
+    return Objective(None, f"||x||_{alpha:g}^{alpha:g}", priors=(("pow", 1.0, as_ref(center), float(alpha)),))
 
 
 def tv(beta: float = 2.0) -> Objective:
@@ -197,118 +198,7 @@ def tv(beta: float = 2.0) -> Objective:
 
 def distance(x0: torch.Tensor, p: float = 2.0) -> Objective:
     """-Σ |x - x0|^p: how far the optimized image moved from ``x0`` (N, C, H, W)."""
-    return Objective(None, f"||x - x0||_{p:g}^{p:g}", priors=(("pow", 1.0, x0.detach(), float(p)),))
-
-
-# ---- the image priors, fused -----------------------------------------------------------------------
-# They run on every step next to the model's forward and backward. On small images their cost is the
-# number of operations, not their size: autograd spends 5 to 12 operations and a node on each prior;
-# written out and summed in one function they take 2 to 4 each way, with one Python call.
-
-def _scaled(priors: tuple, k: float) -> tuple:
-    return tuple((kind, k * w, *rest) for kind, w, *rest in priors)
-
-
-class _ImagePriors(torch.autograd.Function):
-    """Per image -Σ_i w_i P_i(x) (N,) for terms ("pow", w, ref, p): P = Σ |x - ref|^p, and ("tv", w, β):
-    P = Σ (dh² + dw²)^(β/2) with dh, dw the forward differences (0 past the last row and column).
-
-    Gradients: pow, p |d|^(p-1) sign(d) with d = x - ref (even p: products, as torch.pow with an
-    integer exponent is ~10x slower on CPU); tv, at pixel (i, j): a[i-1, j] - a[i, j] + b[i, j-1] - b[i, j]
-    with a = β w dh, b = β w dw, w = (dh² + dw²)^(β/2 - 1) (w = 1 for β = 2: the two sums separate).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, priors: tuple) -> torch.Tensor:
-        value, saved = None, []
-        for kind, w, *args in priors:
-            if kind == "pow":
-                v, keep = _pow_forward(x, _like(args[0], x), args[1])
-            else:
-                v, keep = _tv_forward(x, args[0])
-            value = v * -w if value is None else value.sub_(v, alpha=w)
-            saved.append(keep)
-        ctx.priors, ctx.saved = priors, saved
-        return value
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        grad = None
-        for (kind, w, *args), keep in zip(ctx.priors, ctx.saved):
-            coef = g.reshape(-1, 1, 1, 1) * -w                   # (N, 1, 1, 1)
-            if kind == "pow":
-                grad = _pow_backward(grad, keep, args[1], coef)
-            else:
-                grad = _tv_backward(grad, keep, args[0], coef)
-        return grad, None
-
-
-def _vdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vecdot(a.flatten(1), b.flatten(1))      # (N,) per-image sums of a * b
-
-
-def _pow_forward(x, ref, p):
-    d = x - ref                                                   # (N, C, H, W)
-    if p == 2:
-        return _vdot(d, d), (d, None)
-    if p.is_integer() and p % 2 == 0:
-        sq = d * d
-        below = _int_power(sq, int(p) // 2 - 1)                   # d^(p-2)
-        return _vdot(sq, below), (d, below)
-    return (d.abs() ** p).flatten(1).sum(dim=1), (d, None)
-
-
-def _pow_backward(grad, keep, p, coef):
-    d, below = keep
-    if p == 2:
-        part = d                                                  # d^(p-1)
-    elif p.is_integer() and p % 2 == 0:
-        part = d * below
-    else:
-        part = (d.abs() ** (p - 1)).mul_(d.sign())
-    return part * (coef * p) if grad is None else grad.addcmul_(part, coef * p)
-
-
-def _tv_forward(x, beta):
-    if beta == 2:
-        dh = x[:, :, 1:, :] - x[:, :, :-1, :]                     # (N, C, H-1, W)
-        dw = x[:, :, :, 1:] - x[:, :, :, :-1]                     # (N, C, H, W-1)
-        return _vdot(dh, dh) + _vdot(dw, dw), (dh, dw)
-    dh = torch.zeros_like(x)                                      # (N, C, H, W), 0 past the last row
-    torch.sub(x[:, :, 1:, :], x[:, :, :-1, :], out=dh[:, :, :-1, :])
-    dw = torch.zeros_like(x)
-    torch.sub(x[:, :, :, 1:], x[:, :, :, :-1], out=dw[:, :, :, :-1])
-    sq = torch.addcmul(dh * dh, dw, dw).add_(1e-12)
-    w = sq ** (beta / 2 - 1)
-    return _vdot(w, sq), (dh.mul_(w)[:, :, :-1, :], dw.mul_(w)[:, :, :, :-1])
-
-
-def _tv_backward(grad, keep, beta, coef):
-    a, b = keep                                                   # w dh (N, C, H-1, W), w dw (N, C, H, W-1)
-    n, c, h1, wd = a.shape
-    lap = a.new_empty(n, c, h1 + 1, wd)                           # a[i-1] - a[i] + b[j-1] - b[j]
-    if h1:
-        torch.sub(a[:, :, :-1], a[:, :, 1:], out=lap[:, :, 1:-1])
-        torch.neg(a[:, :, 0], out=lap[:, :, 0])
-        lap[:, :, -1] = a[:, :, -1]
-    else:
-        lap.zero_()
-    lap[:, :, :, 1:] += b
-    lap[:, :, :, :-1] -= b
-    k = coef * beta
-    return lap.mul_(k) if grad is None else grad.addcmul_(lap, k)
-
-
-def _int_power(sq: torch.Tensor, k: int) -> torch.Tensor:
-    """sq^k for k >= 1 by repeated squaring."""
-    out, base = None, sq
-    while k:
-        if k & 1:
-            out = base if out is None else out * base
-        k >>= 1
-        if k:
-            base = base * base
-    return out
+    return Objective(None, f"||x - x0||_{p:g}^{p:g}", priors=(("pow", 1.0, as_ref(x0), float(p)),))
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -329,8 +219,3 @@ def _check_unit(a: torch.Tensor, unit: int, layer: str) -> None:
     if a.ndim < 2 or not 0 <= unit < a.shape[1]:
         raise InputError(f"unit must be in [0, {a.shape[1] - 1}] for layer {layer!r} ({a.shape[1]} channels); "
                          f"got {unit}")
-
-
-def _like(center, x: torch.Tensor) -> torch.Tensor:
-    t = torch.as_tensor(center, device=x.device, dtype=x.dtype)
-    return t.reshape(1, -1, 1, 1) if t.ndim == 1 else t

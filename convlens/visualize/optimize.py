@@ -39,6 +39,7 @@ from ..errors import InputError, expect
 from ..layers import resolve
 from ..taps import eval_mode, model_device
 from . import update_rules
+from .image_priors import priors_grad, priors_value
 from .objectives import Objective, State, as_objective
 
 __all__ = ["optimize", "evaluate", "OptimizedImage", "jitter", "blur", "clip_small_norm", "clip_small_contribution",
@@ -185,7 +186,12 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
     gen = torch.Generator().manual_seed(int(seed))
     forward = _Forward(model, objective)
     rule = update_rules.make(optimizer, z, lr, momentum)
-    history = torch.empty(steps, len(x0), device=device, dtype=torch.float32)
+    # pixels: the priors' gradient is added to z.grad by hand after the model's backward (no autograd node)
+    priors = objective.priors if parametrization == "pixels" else ()
+    model_term = Objective(objective.fn, objective.name, layers=objective.layers, logits=objective.logits,
+                           priors=() if priors else objective.priors)
+    history = []                                                                   # (N,) per step
+    minus = torch.full((len(x0),), -1.0, device=device, dtype=dtype)               # d(-Σ value)/d value
     from tqdm.auto import tqdm
 
     done = 0
@@ -200,21 +206,27 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
                 for t in transforms:
                     seen = t(seen, gen)
                 state = forward(seen, x)
-                value = objective(state)                                           # (N,)
-                loss = -value.sum()
-                loss.backward()
+                value = model_term(state)                                          # (N,) or None
+                if value is not None:
+                    value.backward(minus)                                          # gradient of -Σ value
+                    value = value.detach()
+                if priors:
+                    with torch.no_grad():
+                        v, saved = priors_value(z.detach(), priors)
+                        z.grad = priors_grad(priors, saved, minus, into=z.grad)
+                    value = v if value is None else value + v
                 if normalize_grad == "sign":
                     z.grad.sign_()
                 elif normalize_grad:
                     z.grad.div_(torch.linalg.vector_norm(z.grad, 1, dim=(1, 2, 3), keepdim=True)
                                 .div_(z[0].numel()).clamp_min_(1e-12))             # mean |grad| per image
-                state_box.update(state=state, value=value.detach())
-                return loss
+                state_box.update(state=state, value=value)
+                return -value.sum() if optimizer == "lbfgs" else None              # the loss L-BFGS reads
 
             rule.step(closure)
             grad = z.grad.detach() if z.grad is not None else None
             with torch.no_grad():
-                history[step] = state_box["value"].float()
+                history.append(state_box["value"])
                 if parametrization == "pixels":
                     for reg in every:
                         reg(z.data, step, grad)
@@ -228,7 +240,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
         with torch.no_grad():
             x = _from_param(z, parametrization, lo, hi).detach()
             final = objective(forward(x, x)).float().cpu().numpy()
-    return OptimizedImage(x, history[:done].cpu().numpy(), final, objective.name, done,
+    return OptimizedImage(x, torch.stack(history).float().cpu().numpy(), final, objective.name, done,
                           tuple(float(v) for v in mean) if mean is not None else None,
                           tuple(float(v) for v in std) if std is not None else None)
 
