@@ -1,7 +1,9 @@
 """Run benchmark modules and print their rows side by side: ``python -m benchmarks [NAME ...]``.
 
 ``NAME`` is ``summary`` or ``bench_summary`` (default: every ``bench_*.py`` here). Results also go
-to ``benchmarks/results/latest.json`` (written atomically) with the machine they ran on.
+to ``benchmarks/results/latest.json`` (written atomically) with the machine they ran on. The process
+keeps its C heap (:func:`convlens.keep_heap`, as the ``convlens`` command does), so that neither side
+of a row pays for page faults that depend on the allocation order of whatever ran before it.
 """
 from __future__ import annotations
 
@@ -66,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from convlens.heap import keep_heap
+
+    # as the convlens command runs: both sides of every row then allocate without per-step page faults
+    heap = "kept (convlens.keep_heap)" if keep_heap() else "C library default"
     results = {"when": datetime.datetime.now().isoformat(timespec="seconds"), "python": platform.python_version(),
                "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-               "torch_threads": torch.get_num_threads(), "benchmarks": {}}
+               "torch_threads": torch.get_num_threads(), "heap": heap, "benchmarks": {}}
     all_rows = []
     for name in names:
         print(f"running bench_{name} ...", file=sys.stderr, flush=True)

@@ -9,7 +9,7 @@ transforms cost <= 10%):
   Gaussian blur every 2 steps, Adam, box projection. Bare: ``x.requires_grad_()``; ``model(x)``;
   ``score.sum().backward()``; ``x += lr * grad`` -- a forward and a backward of the same model and input.
 * **class model, VGG-16** -- ``convlens.create("vgg16")`` (random weights) at 3x224x224, batch 1, same
-  objective and regularizers, 6 steps (best of 2: about 40 s on 2 cores). The one extra forward that
+  objective and regularizers, 6 steps (3 pairs: about 15 s on 2 cores). The one extra forward that
   scores the returned image costs 1/3 of a step, about 5% of 6 steps.
 * **inversion, demo** -- ``feature_match`` at ``conv3`` (Mahendran & Vedaldi), alone and with the TV and
   α-norm priors, SGD with momentum and normalized steps, ``invert``'s default 200 steps; the core
@@ -21,15 +21,17 @@ transforms cost <= 10%):
 
 Both sides use the same thread count, images and step count, and compute no parameter gradients (the
 bare loop runs with ``requires_grad`` off, as ``optimize`` does); the convlens time is the whole
-``optimize`` call (setup, hooks, the final evaluation forward). Best of ``REPEATS`` after a warm-up,
-sides alternated so that drift affects both.
+``optimize`` call (setup, hooks, the final evaluation forward). After a warm-up, ``REPEATS`` pairs of
+runs, each side once per pair; the row shows the pair whose ratio is the median (a pair runs back to
+back, so the machine's drift affects both of its runs alike). The process keeps its C heap
+(``python -m benchmarks`` calls :func:`convlens.keep_heap`, as the ``convlens`` command does).
 """
 from __future__ import annotations
 
 from .demo_model import demo_model
 from .timing import alternate
 
-REPEATS = 5
+REPEATS = 9
 THREADS = 2
 
 
@@ -59,7 +61,7 @@ def _time(ours, bare, model, repeats: int = REPEATS) -> tuple[float, float]:
         # a diverged loop computes on NaN, which some kernels (max-pooling) run twice as fast
         if not torch.isfinite(images).all():
             raise RuntimeError(f"the {side}'s images are not finite: its timing would not be comparable")
-    return alternate(ours, frozen_bare, repeats, best=True)
+    return alternate(ours, frozen_bare, repeats, paired=True)
 
 
 def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEATS):
@@ -152,7 +154,7 @@ def run() -> list[dict]:
         rows += [_inversion_case(model, source, priors=False), _inversion_case(model, source, priors=True)]
         vgg = convlens.create("vgg16").eval()
         rows.append(_class_model_case("class model + jitter + blur", vgg, None, (3, 224, 224), 1, 6,
-                                      "vgg16 (random weights)", repeats=2))
+                                      "vgg16 (random weights)", repeats=3))
         return rows
     finally:
         torch.set_num_threads(before)

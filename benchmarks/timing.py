@@ -6,9 +6,12 @@ import time
 from typing import Callable
 
 
-def alternate(ours: Callable, peer: Callable, repeats: int, *, best: bool = False) -> tuple[float, float]:
-    """Median (``best``: minimum) seconds of ``ours()`` and ``peer()`` over ``repeats`` alternating runs
-    (no warm-up here)."""
+def alternate(ours: Callable, peer: Callable, repeats: int, *, paired: bool = False) -> tuple[float, float]:
+    """Median seconds of ``ours()`` and ``peer()`` over ``repeats`` alternating runs (no warm-up here).
+
+    ``paired``: the two times of the run pair whose ratio is the median of the pairs' ratios. A pair runs
+    back to back, so a machine that is slower for a while slows both of its runs; on a shared machine
+    whose speed drifts by 10-30% this is steadier than comparing each side's own median."""
     t_ours, t_peer = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -17,5 +20,7 @@ def alternate(ours: Callable, peer: Callable, repeats: int, *, best: bool = Fals
         t = time.perf_counter()
         peer()
         t_peer.append(time.perf_counter() - t)
-    stat = min if best else statistics.median
-    return stat(t_ours), stat(t_peer)
+    if not paired:
+        return statistics.median(t_ours), statistics.median(t_peer)
+    pairs = sorted(zip(t_ours, t_peer), key=lambda p: p[1] / p[0])
+    return pairs[(len(pairs) - 1) // 2]

@@ -70,6 +70,8 @@ _API = {
     "tsne": "convlens.visualize.tsne", "TSNEResult": "convlens.visualize.tsne",
     "tsne_grid": "convlens.visualize.tsne_grid", "TSNEGrid": "convlens.visualize.tsne_grid",
     "export_projector": "convlens.visualize.projector", "ProjectorExport": "convlens.visualize.projector",
+    # runtime
+    "keep_heap": "convlens.heap",
 }
 _MODULES = {"datasets": "convlens.datasets", "objectives": "convlens.visualize.objectives"}
 _ALIASES = {"resolve_layer": "resolve"}

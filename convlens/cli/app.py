@@ -20,7 +20,10 @@ app = typer.Typer(
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: a ConvLensError prints its message and exits 2, no traceback."""
+    from ..heap import keep_heap
     from . import commands  # noqa: F401  (registers every command on `app`)
+
+    keep_heap()  # per-step tensors reuse the heap instead of page-faulting (glibc; a no-op elsewhere)
 
     try:
         code = app(args=argv, standalone_mode=False)  # returns a command's typer.Exit code

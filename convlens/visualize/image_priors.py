@@ -76,20 +76,19 @@ class ImagePriors(torch.autograd.Function):
 
 
 class FeatureError(torch.autograd.Function):
-    """-||a - target||² / norm per image (N,) for a layer's output ``a`` (N, ...), ``norm`` (N,) or (1,);
-    gradient -2 (a - target) / norm."""
+    """-||a - target||² / n per image (N,) for a layer's output ``a`` (N, ...), given ``inv`` = -1/n and
+    ``inv2`` = -2/n ((N,) or (1,)); gradient -2 (a - target) / n."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, target: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, target: torch.Tensor, inv: torch.Tensor, inv2: torch.Tensor) -> torch.Tensor:
         d = a - target
-        ctx.d, ctx.norm = d, norm
-        return _sqnorm(d).div_(norm).neg_()
+        ctx.d, ctx.inv2 = d, inv2
+        return _sqnorm(d).mul_(inv)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         d = ctx.d
-        coef = (g * -2.0 / ctx.norm).reshape(-1, *[1] * (d.ndim - 1))          # (N, 1, ...)
-        return d * coef, None, None
+        return d * (g * ctx.inv2).reshape(-1, *[1] * (d.ndim - 1)), None, None, None
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

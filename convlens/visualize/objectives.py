@@ -163,14 +163,15 @@ def feature_match(layer: str, target: torch.Tensor) -> Objective:
     """-||Φ(x) - Φ0||² / ||Φ0||² for ``layer``'s output Φ; ``target`` Φ0 is (N, ...) or one (1, ...) for all."""
     target = target.detach()
     wide = target.to(torch.promote_types(target.dtype, torch.float32))         # no float16 overflow
-    norm = _per_image(wide ** 2).clamp_min(1e-12).to(target.dtype)            # (N,) or (1,)
+    inv = -1.0 / _per_image(wide ** 2).clamp_min(1e-12)                       # -1/||Φ0||², (N,) or (1,)
+    scales = inv.to(target.dtype), (2 * inv).to(target.dtype)
 
     def fn(s: State) -> torch.Tensor:
         a = s.act(layer)
         if a.shape[1:] != target.shape[1:]:
             raise InputError(f"feature_match: layer {layer!r} outputs {tuple(a.shape[1:])} per image but the target "
                              f"has {tuple(target.shape[1:])}")
-        return FeatureError.apply(a, target, norm)
+        return FeatureError.apply(a, target, *scales)
     return Objective(fn, f"-||{layer} - Φ0||²/||Φ0||²", layers=[layer])
 
 

@@ -196,16 +196,15 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
 
     done = 0
     with eval_mode(model), _frozen(model), forward:
+        state_box = {}
         for step in tqdm(range(steps), disable=not progress, desc=desc, leave=False):
-            state_box = {}
-
             def closure():
-                z.grad = None
                 x = _from_param(z, parametrization, lo, hi)
                 seen = x
                 for t in transforms:
                     seen = t(seen, gen)
                 state = forward(seen, x)
+                z.grad = None
                 value = model_term(state)                                          # (N,) or None
                 if value is not None:
                     value.backward(minus)                                          # gradient of -Σ value
