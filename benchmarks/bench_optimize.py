@@ -5,8 +5,8 @@ Cases (ratio = convlens steps/s ÷ bare steps/s; goal >= 0.9x, i.e. objectives, 
 transforms cost <= 10%):
 
 * **class model, demo** -- ``runs/demo`` (shapesnet 3x64x64; random weights when absent), a batch of 10
-  images (one per class), ``class_model``'s default 100 steps, ``class_model``'s objective S_c + 3 log P(c) - λ||x - mean||², jitter, a
-  Gaussian blur every 2 steps, Adam, box projection. Bare: ``x.requires_grad_()``; ``model(x)``;
+  images (one per class), ``class_model``'s default 100 steps, ``class_model``'s objective
+  S_c + 3 log P(c) - λ||x - mean||², jitter, a Gaussian blur every 2 steps, Adam, box projection. Bare: ``x.requires_grad_()``; ``model(x)``;
   ``score.sum().backward()``; ``x += lr * grad`` -- a forward and a backward of the same model and input.
 * **class model, VGG-16** -- ``convlens.create("vgg16")`` (random weights) at 3x224x224, batch 1, same
   objective and regularizers, 6 steps (3 pairs: about 15 s on 2 cores). The one extra forward that

@@ -204,7 +204,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
                 for t in transforms:
                     seen = t(seen, gen)
                 state = forward(seen, x)
-                z.grad = None
+                z.grad = None      # dropped after the forward: glibc then trims its heap less often
                 value = model_term(state)                                          # (N,) or None
                 if value is not None:
                     value.backward(minus)                                          # gradient of -Σ value
