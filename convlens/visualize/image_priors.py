@@ -8,10 +8,11 @@ each term; written out, a prior takes 2 to 4 operations each way and all of them
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["priors_value", "priors_grad", "ImagePriors", "FeatureError", "as_ref", "scaled"]
+__all__ = ["priors_value", "priors_grad", "PriorsStep", "ImagePriors", "FeatureError", "as_ref", "scaled"]
 
 
 def as_ref(center):
@@ -59,6 +60,74 @@ def priors_grad(priors: tuple, saved: list, g: torch.Tensor, into: torch.Tensor 
         else:
             grad = _tv_backward(grad, keep, args[0], g * (-w * args[0]))
     return grad
+
+
+class PriorsStep:
+    """:func:`priors_value` and :func:`priors_grad` in one call, for every step of a loop over images
+    shaped and typed like ``like``: ``step(x, g, into) -> (value (N,), gradient)``, the gradient added
+    into ``into`` when given.
+
+    On contiguous float32/float64 CPU images, the terms that have a single-pass kernel
+    (:mod:`~convlens.visualize.prior_kernels`: TV with β = 2, integer powers about a number or a
+    per-channel reference) run as kernels when numba is installed; the others as torch operations."""
+
+    def __init__(self, priors: tuple, like: torch.Tensor):
+        self.kernels = _kernels(priors, like)
+        self.rest = tuple(t for t, k in zip(priors, self.kernels) if k is None)
+        self.kernels = [(t[1], k) for t, k in zip(priors, self.kernels) if k is not None]
+
+    def __call__(self, x: torch.Tensor, g: torch.Tensor, into: torch.Tensor | None = None):
+        value, grad = None, into
+        if self.rest:
+            value, saved = priors_value(x, self.rest)
+            grad = priors_grad(self.rest, saved, g, into=grad)
+        if self.kernels:
+            grad = torch.zeros_like(x) if grad is None else grad if grad.is_contiguous() else grad.contiguous()
+            xn, gn, gk = x.detach().contiguous().numpy(), grad.numpy(), g.detach().to(x.dtype).numpy()
+            out, total = np.empty(len(x)), np.zeros(len(x))
+            for w, kernel in self.kernels:
+                kernel(xn, gn, gk, out)
+                total -= w * out
+            total = torch.from_numpy(total).to(x.dtype)
+            value = total if value is None else value.add_(total)
+        return value, grad
+
+
+def _kernels(priors: tuple, like: torch.Tensor) -> list:
+    """For each term (kind, w, ...), ``kernel(x, grad, g, out)`` on numpy arrays, which adds into ``grad``
+    the gradient of -Σ_n g_n w P(x_n) (as :func:`priors_grad` does) and writes P per image into ``out``;
+    None for a term with no kernel for such images."""
+    from . import prior_kernels as K
+
+    if not (K.available() and like.device.type == "cpu" and like.dtype in _NUMPY and like.ndim == 4):
+        return [None] * len(priors)
+    kernels = []
+    for kind, w, *args in priors:
+        kernel = None
+        if kind == "tv" and args[0] == 2:
+            def kernel(xn, gn, g, out, w=w):
+                K.tv2(xn, gn, (-2 * w) * g, out)                # d(x·Lx)/dx = 2Lx
+        elif kind == "pow" and float(args[1]).is_integer() and args[1] >= 1:
+            ref = _channel_ref(args[0], like)
+            if ref is not None:
+                def kernel(xn, gn, g, out, w=w, ref=ref, p=int(args[1])):
+                    flat = xn.shape[:2] + (-1,)
+                    K.pow_int(xn.reshape(flat), gn.reshape(flat), ref, p, (-w * p) * g, out)
+        kernels.append(kernel)
+    return kernels
+
+
+def _channel_ref(ref, x: torch.Tensor) -> np.ndarray | None:
+    """A pow term's reference as one value per channel (C,) in x's dtype; None when it varies by pixel."""
+    c = x.shape[1]
+    if isinstance(ref, torch.Tensor):
+        if not (ref.numel() == 1 or tuple(ref.shape) == (1, c, 1, 1)):
+            return None
+        ref = ref.detach().reshape(-1).to("cpu", x.dtype).numpy()
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(ref, dtype=_NUMPY[x.dtype]), (c,)))
+
+
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class ImagePriors(torch.autograd.Function):

@@ -39,7 +39,7 @@ from ..errors import InputError, expect
 from ..layers import resolve
 from ..taps import eval_mode, model_device
 from . import update_rules
-from .image_priors import priors_grad, priors_value
+from .image_priors import PriorsStep
 from .objectives import Objective, State, as_objective
 
 __all__ = ["optimize", "evaluate", "OptimizedImage", "jitter", "blur", "clip_small_norm", "clip_small_contribution",
@@ -188,6 +188,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
     rule = update_rules.make(optimizer, z, lr, momentum)
     # pixels: the priors' gradient is added to z.grad by hand after the model's backward (no autograd node)
     priors = objective.priors if parametrization == "pixels" else ()
+    priors_step = PriorsStep(priors, z) if priors else None
     model_term = Objective(objective.fn, objective.name, layers=objective.layers, logits=objective.logits,
                            priors=() if priors else objective.priors)
     history = []                                                                   # (N,) per step
@@ -211,8 +212,7 @@ def optimize(model: nn.Module, objective: Objective, init: torch.Tensor, *, step
                     value = value.detach()
                 if priors:
                     with torch.no_grad():
-                        v, saved = priors_value(z.detach(), priors)
-                        z.grad = priors_grad(priors, saved, minus, into=z.grad)
+                        v, z.grad = priors_step(z.detach(), minus, into=z.grad)
                     value = v if value is None else value + v
                 if normalize_grad == "sign":
                     z.grad.sign_()
