@@ -9,8 +9,7 @@ transforms cost <= 10%):
   S_c + 3 log P(c) - λ||x - mean||², jitter, a Gaussian blur every 2 steps, Adam, box projection. Bare: ``x.requires_grad_()``; ``model(x)``;
   ``score.sum().backward()``; ``x += lr * grad`` -- a forward and a backward of the same model and input.
 * **class model, VGG-16** -- ``convlens.create("vgg16")`` (random weights) at 3x224x224, batch 1, same
-  objective and regularizers, 6 steps (3 pairs: about 15 s on 2 cores). The one extra forward that
-  scores the returned image costs 1/3 of a step, about 5% of 6 steps.
+  objective and regularizers, 6 steps (3 pairs: about 15 s on 2 cores).
 * **inversion, demo** -- ``feature_match`` at ``conv3`` (Mahendran & Vedaldi), alone and with the TV and
   α-norm priors, SGD with momentum and normalized steps, ``invert``'s default 200 steps; the core
   stops the forward after conv3. Bare:
@@ -20,18 +19,24 @@ transforms cost <= 10%):
   loop) max-pooling runs twice as fast, so both sides' images are checked to be finite.
 
 Both sides use the same thread count, images and step count, and compute no parameter gradients (the
-bare loop runs with ``requires_grad`` off, as ``optimize`` does); the convlens time is the whole
-``optimize`` call (setup, hooks, the final evaluation forward). After a warm-up, ``REPEATS`` pairs of
-runs, each side once per pair; the row shows the pair whose ratio is the median (a pair runs back to
+bare loop runs with ``requires_grad`` off, as ``optimize`` does). **Steps per second** (the goal) is
+each side's steady rate: both note the time at the end of every step (``optimize`` through its
+``stop`` callback), and a side's seconds per step is the time from its first step's end to its last
+step's end over the steps between. The **whole call** ratio also counts what happens once per call:
+``optimize``'s setup, hooks, and the extra forward that scores the returned image (on VGG-16 a
+no-grad forward is half a step, 8% of 6 steps). After a warm-up, ``REPEATS`` pairs of runs, each
+side once per pair; the row shows the pair whose steps/s ratio is the median (a pair runs back to
 back, so the machine's drift affects both of its runs alike). The process keeps its C heap
 (``python -m benchmarks`` calls :func:`convlens.keep_heap`, as the ``convlens`` command does).
 """
 from __future__ import annotations
 
 from .demo_model import demo_model
-from .timing import alternate
+import time
 
-REPEATS = 9
+from .timing import median_pair
+
+REPEATS = 15
 THREADS = 2
 
 
@@ -41,9 +46,10 @@ def _demo():
     return model, model.normalize.mean.reshape(-1).clone(), source
 
 
-def _time(ours, bare, model, repeats: int = REPEATS) -> tuple[float, float]:
-    """Best seconds of ``ours()`` and ``bare()``; the bare loop runs with the model's parameters frozen, as
-    ``optimize`` runs it (no parameter gradients: only the image's)."""
+def _time(ours, bare, model, repeats: int = REPEATS) -> dict:
+    """Time ``ours()`` against ``bare()``, each returning (images, the time at the end of each step); the
+    bare loop runs with the model's parameters frozen, as ``optimize`` runs it (no parameter gradients:
+    only the image's). The row's timing columns."""
     import torch
 
     flags = [p.requires_grad for p in model.parameters()]
@@ -57,11 +63,25 @@ def _time(ours, bare, model, repeats: int = REPEATS) -> tuple[float, float]:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
 
-    for side, images in (("convlens", ours()), ("bare loop", frozen_bare())):  # warm-up
+    for side, (images, _) in (("convlens", ours()), ("bare loop", frozen_bare())):  # warm-up
         # a diverged loop computes on NaN, which some kernels (max-pooling) run twice as fast
         if not torch.isfinite(images).all():
             raise RuntimeError(f"the {side}'s images are not finite: its timing would not be comparable")
-    return alternate(ours, frozen_bare, repeats, paired=True)
+
+    def per_step(side):
+        def run():
+            stamps = side()[1]
+            return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        return run
+
+    ours_s, bare_s, ours_step, bare_step = median_pair(per_step(ours), per_step(frozen_bare), repeats)
+    return {"convlens_steps_s": 1 / ours_step, "peer_steps_s": 1 / bare_step, "ratio": bare_step / ours_step,
+            "convlens_s": ours_s, "peer_s": bare_s, "whole_call_ratio": bare_s / ours_s}
+
+
+def _stamped(stamps: list):
+    """An ``optimize`` stop callback that notes the time at the end of each step and never stops."""
+    return lambda state, value: stamps.append(time.perf_counter())
 
 
 def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEATS):
@@ -78,23 +98,25 @@ def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEAT
         mean if mean is not None else 0.0)
 
     def ours():
-        return optimize(model, objective, init, steps=steps, lr=0.05, optimizer="adam", box=box,
-                        transforms=[jitter(max(1, shape[1] // 16))], every=[blur(0.8, 2)]).images
+        stamps = []
+        images = optimize(model, objective, init, steps=steps, lr=0.05, optimizer="adam", box=box,
+                          transforms=[jitter(max(1, shape[1] // 16))], every=[blur(0.8, 2)],
+                          stop=_stamped(stamps)).images
+        return images, stamps
 
     def bare():
-        x = init.clone().requires_grad_(True)
+        x, stamps = init.clone().requires_grad_(True), []
         for _ in range(steps):
             score = model(x)[torch.arange(n), targets].sum()
             x.grad = None
             score.backward()
             with torch.no_grad():
                 x += 0.05 * x.grad
-        return x
+            stamps.append(time.perf_counter())
+        return x, stamps
 
-    ours_s, bare_s = _time(ours, bare, model, repeats)
     return {"case": name, "model": source, "input": f"{n}x{'x'.join(map(str, shape))}", "steps": steps,
-            "convlens_s": ours_s, "convlens_steps_s": steps / ours_s, "peer": "bare forward+backward loop",
-            "peer_s": bare_s, "peer_steps_s": steps / bare_s, "ratio": bare_s / ours_s, "goal": ">= 0.9x"}
+            "peer": "bare forward+backward loop", **_time(ours, bare, model, repeats), "goal": ">= 0.9x"}
 
 
 def _inversion_case(model, source, priors: bool, steps=200, n=4):
@@ -117,27 +139,27 @@ def _inversion_case(model, source, priors: bool, steps=200, n=4):
         objective = objective + 1e-3 * O.tv() + 1e-5 * O.alpha_norm(6.0, 0.5)
 
     def ours():
-        return optimize(model, objective, init, steps=steps, lr=0.02, optimizer="sgd", normalize_grad=True,
-                        box=(0.0, 1.0)).images
+        stamps = []
+        images = optimize(model, objective, init, steps=steps, lr=0.02, optimizer="sgd", normalize_grad=True,
+                          box=(0.0, 1.0), stop=_stamped(stamps)).images
+        return images, stamps
 
     norm = (target ** 2).flatten(1).sum(1).reshape(-1, 1, 1, 1)                   # ||Φ0||² per image
 
     def bare():
-        x = init.clone().requires_grad_(True)
+        x, stamps = init.clone().requires_grad_(True), []
         for _ in range(steps):
             loss = (((prefix(x) - target) ** 2) / norm).sum()
             x.grad = None
             loss.backward()
             with torch.no_grad():
                 x -= 10.0 * x.grad
-        return x
+            stamps.append(time.perf_counter())
+        return x, stamps
 
-    ours_s, bare_s = _time(ours, bare, prefix)
     case = "inversion: feature_match(conv3)" + (" + TV + alpha priors" if priors else "")
-    return {"case": case, "model": source, "input": f"{n}x3x64x64",
-            "steps": steps, "convlens_s": ours_s, "convlens_steps_s": steps / ours_s,
-            "peer": "bare forward (to conv3) + backward loop", "peer_s": bare_s, "peer_steps_s": steps / bare_s,
-            "ratio": bare_s / ours_s, "goal": ">= 0.9x"}
+    return {"case": case, "model": source, "input": f"{n}x3x64x64", "steps": steps,
+            "peer": "bare forward (to conv3) + backward loop", **_time(ours, bare, prefix), "goal": ">= 0.9x"}
 
 
 def run() -> list[dict]:

@@ -6,12 +6,8 @@ import time
 from typing import Callable
 
 
-def alternate(ours: Callable, peer: Callable, repeats: int, *, paired: bool = False) -> tuple[float, float]:
-    """Median seconds of ``ours()`` and ``peer()`` over ``repeats`` alternating runs (no warm-up here).
-
-    ``paired``: the two times of the run pair whose ratio is the median of the pairs' ratios. A pair runs
-    back to back, so a machine that is slower for a while slows both of its runs; on a shared machine
-    whose speed drifts by 10-30% this is steadier than comparing each side's own median."""
+def alternate(ours: Callable, peer: Callable, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``ours()`` and ``peer()`` over ``repeats`` alternating runs (no warm-up here)."""
     t_ours, t_peer = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -20,7 +16,23 @@ def alternate(ours: Callable, peer: Callable, repeats: int, *, paired: bool = Fa
         t = time.perf_counter()
         peer()
         t_peer.append(time.perf_counter() - t)
-    if not paired:
-        return statistics.median(t_ours), statistics.median(t_peer)
-    pairs = sorted(zip(t_ours, t_peer), key=lambda p: p[1] / p[0])
+    return statistics.median(t_ours), statistics.median(t_peer)
+
+
+def median_pair(ours: Callable, peer: Callable, repeats: int) -> tuple[float, float, object, object]:
+    """``repeats`` pairs of runs, ``ours()`` then ``peer()`` back to back; the pair whose ratio of the
+    two sides' outputs (each a time they measured themselves, e.g. seconds per step) is the median:
+    (ours' whole seconds, peer's whole seconds, ours' output, peer's output).
+
+    A pair runs back to back, so a machine that is slower for a while slows both of its runs; on a
+    shared machine whose speed drifts by 10-30% this is steadier than comparing each side's median."""
+    pairs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out_ours = ours()
+        t_ours = time.perf_counter() - t
+        t = time.perf_counter()
+        out_peer = peer()
+        pairs.append((t_ours, time.perf_counter() - t, out_ours, out_peer))
+    pairs.sort(key=lambda p: p[3] / p[2])
     return pairs[(len(pairs) - 1) // 2]

@@ -68,53 +68,48 @@ class PriorsStep:
     into ``into`` when given.
 
     On contiguous float32/float64 CPU images, the terms that have a single-pass kernel
-    (:mod:`~convlens.visualize.prior_kernels`: TV with β = 2, integer powers about a number or a
-    per-channel reference) run as kernels when numba is installed; the others as torch operations."""
+    (:mod:`~convlens.visualize.cpu_kernels`: TV with β = 2, integer powers about a number or a
+    per-channel reference) run as kernels, all in one call, when numba is installed; the others as
+    torch operations."""
 
     def __init__(self, priors: tuple, like: torch.Tensor):
-        self.kernels = _kernels(priors, like)
-        self.rest = tuple(t for t, k in zip(priors, self.kernels) if k is None)
-        self.kernels = [(t[1], k) for t, k in zip(priors, self.kernels) if k is not None]
+        from . import cpu_kernels as K
+
+        fast = [_kernel_args(t, like) for t in priors] if K.usable(like) and like.ndim == 4 else [None] * len(priors)
+        self.rest = tuple(t for t, f in zip(priors, fast) if f is None)
+        tv = [w for t, f in zip(priors, fast) if f is not None and t[0] == "tv" for w in (t[1],)]
+        pows = [f for t, f in zip(priors, fast) if f is not None and t[0] == "pow"]
+        # the kernel's arguments after (x, grad, g): TV's total weight, and per power term w, p, ref (C,)
+        self.fast = (sum(tv), np.array([w for w, _, _ in pows], dtype=np.float64),
+                     np.array([p for _, p, _ in pows], dtype=np.int64),
+                     np.array([r for _, _, r in pows], dtype=_NUMPY[like.dtype]).reshape(len(pows), -1)
+                     ) if tv or pows else None
 
     def __call__(self, x: torch.Tensor, g: torch.Tensor, into: torch.Tensor | None = None):
         value, grad = None, into
         if self.rest:
             value, saved = priors_value(x, self.rest)
             grad = priors_grad(self.rest, saved, g, into=grad)
-        if self.kernels:
+        if self.fast:
+            from . import cpu_kernels as K
+
             grad = torch.zeros_like(x) if grad is None else grad if grad.is_contiguous() else grad.contiguous()
-            xn, gn, gk = x.detach().contiguous().numpy(), grad.numpy(), g.detach().to(x.dtype).numpy()
-            out, total = np.empty(len(x)), np.zeros(len(x))
-            for w, kernel in self.kernels:
-                kernel(xn, gn, gk, out)
-                total -= w * out
-            total = torch.from_numpy(total).to(x.dtype)
-            value = total if value is None else value.add_(total)
+            out = torch.empty(len(x), dtype=torch.float64)
+            K.priors(x.detach().contiguous().numpy(), grad.numpy(), g.detach().to(x.dtype).numpy(), *self.fast,
+                     out.numpy())
+            out = out.to(x.dtype)
+            value = out if value is None else value.add_(out)
         return value, grad
 
 
-def _kernels(priors: tuple, like: torch.Tensor) -> list:
-    """For each term (kind, w, ...), ``kernel(x, grad, g, out)`` on numpy arrays, which adds into ``grad``
-    the gradient of -Σ_n g_n w P(x_n) (as :func:`priors_grad` does) and writes P per image into ``out``;
-    None for a term with no kernel for such images."""
-    from . import prior_kernels as K
-
-    if not (K.available() and like.device.type == "cpu" and like.dtype in _NUMPY and like.ndim == 4):
-        return [None] * len(priors)
-    kernels = []
-    for kind, w, *args in priors:
-        kernel = None
-        if kind == "tv" and args[0] == 2:
-            def kernel(xn, gn, g, out, w=w):
-                K.tv2(xn, gn, (-2 * w) * g, out)                # d(x·Lx)/dx = 2Lx
-        elif kind == "pow" and float(args[1]).is_integer() and args[1] >= 1:
-            ref = _channel_ref(args[0], like)
-            if ref is not None:
-                def kernel(xn, gn, g, out, w=w, ref=ref, p=int(args[1])):
-                    flat = xn.shape[:2] + (-1,)
-                    K.pow_int(xn.reshape(flat), gn.reshape(flat), ref, p, (-w * p) * g, out)
-        kernels.append(kernel)
-    return kernels
+def _kernel_args(term: tuple, like: torch.Tensor) -> tuple | None:
+    """What :func:`~convlens.visualize.cpu_kernels.priors` needs of a term it computes: () for TV with
+    β = 2, (w, p, reference per channel (C,)) for an integer power; None for a term it does not."""
+    kind, w, *args = term
+    if kind == "tv":
+        return () if args[0] == 2 else None
+    ref = _channel_ref(args[0], like)
+    return (w, int(args[1]), ref) if float(args[1]).is_integer() and args[1] >= 1 and ref is not None else None
 
 
 def _channel_ref(ref, x: torch.Tensor) -> np.ndarray | None:

@@ -84,8 +84,10 @@ class Objective:
             fn = fa
         elif fa is None:
             fn = fb if sign > 0 else (lambda s: -fb(s))
+        elif sign > 0:
+            fn = lambda s: fa(s) + fb(s)  # noqa: E731
         else:
-            fn = lambda s: fa(s) + sign * fb(s)  # noqa: E731
+            fn = lambda s: fa(s) - fb(s)  # noqa: E731
         return Objective(fn, f"{self.name} {op} {other.name}", layers=self.layers + other.layers,
                          logits=self.logits or other.logits, priors=self.priors + scaled(other.priors, sign))
 

@@ -26,8 +26,8 @@ class SGD:
     @torch.no_grad()
     def _update(self) -> None:
         g = self.z.grad
-        if self.momentum:
-            self.buf = g.clone() if self.buf is None else self.buf.mul_(self.momentum).add_(g)
+        if self.momentum:       # buf = g + momentum * buf in one pass
+            self.buf = g.clone() if self.buf is None else torch.add(g, self.buf, alpha=self.momentum, out=self.buf)
             g = self.buf
         self.z.add_(g, alpha=-self.lr)
 

@@ -1,4 +1,4 @@
-"""The single-pass prior kernels (numba) against the torch-operation path and finite differences."""
+"""The single-pass CPU kernels (numba) against the torch-operation paths and finite differences."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from convlens.visualize import objectives as O
-from convlens.visualize import prior_kernels
+from convlens.visualize import cpu_kernels
 from convlens.visualize.image_priors import PriorsStep, priors_grad, priors_value
 
-needs_numba = pytest.mark.skipif(not prior_kernels.available(), reason="numba is not installed")
+needs_numba = pytest.mark.skipif(cpu_kernels.numba is None, reason="numba is not installed")
 
 SHAPES = [(3, 2, 7, 9), (2, 2, 1, 5), (2, 2, 4, 1), (1, 1, 1, 1), (2, 3, 64, 40)]
 
@@ -30,7 +30,7 @@ def test_kernels_equal_the_torch_operations(shape, dtype):
     x[0, 0, 0, 0] = 0.5                                            # d = 0 exactly for p = 1, 3, 6 (sign 0)
     priors = _objective(shape[1]).priors
     step = PriorsStep(priors, x)
-    assert len(step.kernels) == 5 and len(step.rest) == 2          # tv(2) and the four integer powers
+    assert len(step.rest) == 2 and step.fast[0] == 1e-2 and len(step.fast[1]) == 4   # tv(2), 4 integer powers
     g = torch.randn(shape[0], dtype=dtype)
     start = torch.randn_like(x)
     value, saved = priors_value(x, priors)
@@ -48,7 +48,7 @@ def test_kernel_gradient_matches_finite_differences():
     torch.manual_seed(1)
     x = torch.rand(2, 3, 5, 6, dtype=torch.float64)
     step = PriorsStep((1e-1 * O.tv() + O.alpha_norm(6.0, 0.3) + 0.5 * O.alpha_norm(3.0, 0.6)).priors, x)
-    assert not step.rest
+    assert not step.rest and step.fast is not None
     g = torch.tensor([1.0, -2.0], dtype=torch.float64)
     _, grad = step(x, g)
     rng = np.random.default_rng(0)
@@ -61,11 +61,11 @@ def test_kernel_gradient_matches_finite_differences():
 
 
 def test_without_numba_every_term_runs_as_torch_operations(monkeypatch):
-    monkeypatch.setattr(prior_kernels, "numba", None)
+    monkeypatch.setattr(cpu_kernels, "numba", None)
     x = torch.rand(2, 3, 6, 5)
     priors = _objective(3).priors
     step = PriorsStep(priors, x)
-    assert step.kernels == [] and step.rest == priors
+    assert step.fast is None and step.rest == priors
     g = -torch.ones(2)
     value, saved = priors_value(x, priors)
     got_value, got = step(x, g)
@@ -75,5 +75,6 @@ def test_without_numba_every_term_runs_as_torch_operations(monkeypatch):
 
 def test_per_pixel_references_and_half_precision_use_torch_operations():
     x0 = torch.rand(2, 3, 4, 4)
-    assert PriorsStep(O.distance(x0, 2.0).priors, x0).kernels == []   # the reference varies by pixel
-    assert PriorsStep(O.l2().priors, x0.half()).kernels == []         # no kernel for float16
+    assert PriorsStep(O.distance(x0, 2.0).priors, x0).fast is None    # the reference varies by pixel
+    assert PriorsStep(O.l2().priors, x0.half()).fast is None          # no kernel for float16
+

@@ -1,12 +1,15 @@
-"""Single-pass CPU kernels (numba) for the image priors' value and gradient together.
+"""Single-pass CPU kernels (numba) for the image priors' value and gradient at each step of ``optimize``.
 
-Written with torch operations, TV with β = 2 plus an α-norm take about 20 small tensor operations per
-step; on the images of inversion (a few 64x64 images, a forward cut at an early layer) those cost
-8% of a step. Each kernel here reads the image once and adds its gradient into the gradient tensor in
-the same pass (2.5x faster). :func:`~convlens.visualize.image_priors.priors_value_grad` uses them for
-contiguous float32/float64 CPU tensors when numba is installed, and the torch operations otherwise.
+Written with torch operations, TV with β = 2 and an α-norm are about 20 small tensor operations per
+step, each a pass over the image; on inversion's images (a few 64x64 images, a forward cut at an
+early layer) that was 8% of a step. Each kernel reads the image once and adds its gradient into the
+gradient tensor in the same pass. :class:`~convlens.visualize.image_priors.PriorsStep` uses them for
+contiguous float32/float64 CPU tensors when numba is installed, and torch operations otherwise
+(other devices and dtypes, no numba).
 
-Both kernels accumulate per image in float64:
+``priors(x, grad, g, tv_w, weights, powers, refs, out)`` computes them all in one call (no Python
+between the terms): out[n] = -(tv_w x_n·Lx_n + Σ_k weights[k] Σ |x_n - refs[k, c]|^powers[k]), and adds
+into ``grad`` the gradient of Σ_n g_n out[n]. The kernels for single terms, accumulating in float64:
     ``tv2(x, grad, coef, out)``        out[n] = x_n·Lx_n;  grad_n += coef[n] Lx_n
     ``pow_int(x, grad, ref, p, coef, out)``  out[n] = Σ |x_n - ref_c|^p;  grad_n += coef[n] |d|^(p-1) sign(d)
 with L the Laplacian of the pixel grid with replicated borders (see ``image_priors``), ``ref`` (C,)
@@ -15,25 +18,49 @@ and ``p`` an int >= 1.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 try:
     import numba
 except ImportError:                       # optional: image_priors falls back to torch operations
     numba = None
 
-__all__ = ["available", "tv2", "pow_int"]
+__all__ = ["usable", "priors", "tv2", "pow_int"]
 
 # reassociation lets the per-image sums vectorize; NaN and inf keep their IEEE meaning
 _FLAGS = {"reassoc", "contract", "nsz"}
 _CHUNK = 1024                             # pow_int works on rows of this many values (in L1 cache)
 
 
-def available() -> bool:
-    return numba is not None
+def usable(t: torch.Tensor) -> bool:
+    """Whether these kernels can work on ``t`` in place through ``t.numpy()``: numba is installed and
+    ``t`` is a contiguous float32 or float64 CPU tensor."""
+    return (numba is not None and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+            and t.is_contiguous())
 
 
 def _jit(fn):
     return numba.njit(cache=True, nogil=True, fastmath=_FLAGS)(fn) if numba is not None else None
+
+
+@_jit
+def priors(x, grad, g, tv_w, weights, powers, refs, out):         # x, grad (N, C, H, W); g, out (N,)
+    n_img, n_ch = x.shape[:2]
+    part = np.empty(n_img)
+    coef = np.empty_like(g)                                       # in x's dtype: float32 loops stay float32
+    out[:] = 0
+    if tv_w != 0:
+        for n in range(n_img):
+            coef[n] = -2 * tv_w * g[n]                            # d(x·Lx)/dx = 2Lx
+        tv2(x, grad, coef, part)
+        out -= tv_w * part
+    flat_x, flat_grad = x.reshape(n_img, n_ch, -1), grad.reshape(n_img, n_ch, -1)
+    for k in range(len(weights)):
+        w, p = weights[k], powers[k]
+        for n in range(n_img):
+            coef[n] = -w * p * g[n]
+        pow_int(flat_x, flat_grad, refs[k], p, coef, part)
+        out -= w * part
 
 
 @_jit
@@ -68,6 +95,9 @@ def tv2(x, grad, coef, out):                                      # x, grad (N, 
 
 @_jit
 def pow_int(x, grad, ref, p, coef, out):                          # x, grad (N, C, S) with S = H * W
+    if p == 2:                                                    # l2 and distance: one vectorized loop
+        _square(x, grad, ref, coef, out)
+        return
     n_img, n_ch, size = x.shape
     d = np.empty(_CHUNK, x.dtype)
     a = np.empty(_CHUNK, x.dtype)
@@ -91,3 +121,20 @@ def pow_int(x, grad, ref, p, coef, out):                          # x, grad (N, 
                     acc += t[j] * a[j]
                     g[j] += k * (t[j] if d[j] > 0 else -t[j] if d[j] < 0 else 0)
         out[n] = acc
+
+
+@_jit
+def _square(x, grad, ref, coef, out):
+    n_img, n_ch, size = x.shape
+    for n in range(n_img):
+        acc = 0.0
+        k = coef[n]
+        for c in range(n_ch):
+            r = ref[c]
+            row, g = x[n, c], grad[n, c]
+            for j in range(size):
+                d = row[j] - r
+                acc += d * d
+                g[j] += k * d
+        out[n] = acc
+
