@@ -44,10 +44,13 @@ def test_kernels_equal_the_torch_operations(shape, dtype):
 
 
 @needs_numba
-def test_kernel_gradient_matches_finite_differences():
+@pytest.mark.parametrize("terms", ["tv", "powers", "both"])
+def test_kernel_gradient_matches_finite_differences(terms):
     torch.manual_seed(1)
     x = torch.rand(2, 3, 5, 6, dtype=torch.float64)
-    step = PriorsStep((1e-1 * O.tv() + O.alpha_norm(6.0, 0.3) + 0.5 * O.alpha_norm(3.0, 0.6)).priors, x)
+    objective = {"tv": 1e-1 * O.tv(), "powers": O.alpha_norm(6.0, 0.3) + 0.5 * O.alpha_norm(3.0, 0.6),
+                 "both": 1e-1 * O.tv() + O.alpha_norm(6.0, 0.3) + 0.5 * O.alpha_norm(3.0, 0.6)}[terms]
+    step = PriorsStep(objective.priors, x)
     assert not step.rest and step.fast is not None
     g = torch.tensor([1.0, -2.0], dtype=torch.float64)
     _, grad = step(x, g)

@@ -82,7 +82,7 @@ class PriorsStep:
         # the kernel's arguments after (x, grad, g): TV's total weight, and per power term w, p, ref (C,)
         self.fast = (sum(tv), np.array([w for w, _, _ in pows], dtype=np.float64),
                      np.array([p for _, p, _ in pows], dtype=np.int64),
-                     np.array([r for _, _, r in pows], dtype=_NUMPY[like.dtype]).reshape(len(pows), -1)
+                     np.array([r for _, _, r in pows], dtype=_NUMPY[like.dtype]).reshape(len(pows), like.shape[1])
                      ) if tv or pows else None
 
     def __call__(self, x: torch.Tensor, g: torch.Tensor, into: torch.Tensor | None = None):
