@@ -36,7 +36,7 @@ import time
 
 from .timing import median_pair
 
-REPEATS = 15
+REPEATS = 21
 THREADS = 2
 
 

@@ -1,13 +1,17 @@
-"""The single-pass CPU kernels (numba) against the torch-operation paths and finite differences."""
+"""The single-pass CPU kernels (numba) against the torch-operation paths, finite differences and conv2d."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from convlens.visualize import objectives as O
 from convlens.visualize import cpu_kernels
 from convlens.visualize.image_priors import PriorsStep, priors_grad, priors_value
+from convlens.visualize.optimize import blur
 
 needs_numba = pytest.mark.skipif(cpu_kernels.numba is None, reason="numba is not installed")
 
@@ -81,3 +85,27 @@ def test_per_pixel_references_and_half_precision_use_torch_operations():
     assert PriorsStep(O.distance(x0, 2.0).priors, x0).fast is None    # the reference varies by pixel
     assert PriorsStep(O.l2().priors, x0.half()).fast is None          # no kernel for float16
 
+
+
+@needs_numba
+@pytest.mark.parametrize("shape", [(2, 3, 20, 17), (1, 2, 4, 9), (1, 1, 5, 4)])
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_blur_kernel_equals_a_gaussian_conv2d_with_reflected_borders(shape, sigma, monkeypatch):
+    torch.manual_seed(0)
+    x = torch.rand(*shape, dtype=torch.float64)
+    r = math.ceil(3 * sigma)
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    weight = torch.outer(k, k).expand(shape[1], 1, 2 * r + 1, 2 * r + 1)
+    want = F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), weight, groups=shape[1])
+    calls = []
+    kernel = cpu_kernels.blur_
+    monkeypatch.setattr(cpu_kernels, "blur_", lambda *a: calls.append(1) or kernel(*a))
+    got = x.clone()
+    blur(sigma, every=1)(got, 0, None)
+    assert calls == [1]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(cpu_kernels, "numba", None)                # the torch operations agree
+    plain = x.clone()
+    blur(sigma, every=1)(plain, 0, None)
+    torch.testing.assert_close(plain, want, rtol=1e-12, atol=1e-12)

@@ -1,11 +1,11 @@
-"""Single-pass CPU kernels (numba) for the image priors' value and gradient at each step of ``optimize``.
+"""Single-pass CPU kernels (numba) for the per-step image work of ``optimize``: priors and blur.
 
 Written with torch operations, TV with β = 2 and an α-norm are about 20 small tensor operations per
 step, each a pass over the image; on inversion's images (a few 64x64 images, a forward cut at an
 early layer) that was 8% of a step. Each kernel reads the image once and adds its gradient into the
 gradient tensor in the same pass. :class:`~convlens.visualize.image_priors.PriorsStep` uses them for
 contiguous float32/float64 CPU tensors when numba is installed, and torch operations otherwise
-(other devices and dtypes, no numba).
+(other devices and dtypes, no numba). The blur regularizer uses ``blur_`` the same way.
 
 ``priors(x, grad, g, tv_w, weights, powers, refs, out)`` computes them all in one call (no Python
 between the terms): out[n] = -(tv_w x_n·Lx_n + Σ_k weights[k] Σ |x_n - refs[k, c]|^powers[k]), and adds
@@ -25,7 +25,7 @@ try:
 except ImportError:                       # optional: image_priors falls back to torch operations
     numba = None
 
-__all__ = ["usable", "priors", "tv2", "pow_int"]
+__all__ = ["usable", "priors", "tv2", "pow_int", "blur_"]
 
 # reassociation lets the per-image sums vectorize; NaN and inf keep their IEEE meaning
 _FLAGS = {"reassoc", "contract", "nsz"}
@@ -138,3 +138,42 @@ def _square(x, grad, ref, coef, out):
                 g[j] += k * d
         out[n] = acc
 
+
+@_jit
+def blur_(x, k):
+    """Filter each (H, W) plane of x (N, C, H, W) in place with the odd-length 1-D kernel ``k`` along
+    rows, then columns; borders reflected without repeating the edge (``F.pad(mode="reflect")``)."""
+    n_img, n_ch, h, w = x.shape
+    r = (len(k) - 1) // 2
+    rows = np.empty((h, w), x.dtype)                              # the plane filtered along its rows
+    pad = np.empty(w + 2 * r, x.dtype)                            # one row with its reflected borders
+    for n in range(n_img):
+        for c in range(n_ch):
+            plane = x[n, c]
+            for i in range(h):
+                src = plane[i]
+                for j in range(w):
+                    pad[r + j] = src[j]
+                for j in range(r):
+                    pad[r - 1 - j] = src[_reflect(-1 - j, w)]
+                    pad[r + w + j] = src[_reflect(w + j, w)]
+                dst = rows[i]
+                for j in range(w):
+                    dst[j] = k[0] * pad[j]
+                for q in range(1, len(k)):
+                    for j in range(w):
+                        dst[j] += k[q] * pad[j + q]
+            for i in range(h):
+                dst = plane[i]
+                for j in range(w):
+                    dst[j] = 0
+                for q in range(len(k)):
+                    src = rows[_reflect(i + q - r, h)]
+                    for j in range(w):
+                        dst[j] += k[q] * src[j]
+
+
+@_jit
+def _reflect(i, n):
+    """Index i of a length-n axis reflected about its ends without repeating them (|i| < n)."""
+    return -i if i < 0 else 2 * (n - 1) - i if i > n - 1 else i
