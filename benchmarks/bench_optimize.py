@@ -31,9 +31,9 @@ back, so the machine's drift affects both of its runs alike). The process keeps 
 """
 from __future__ import annotations
 
-from .demo_model import demo_model
 import time
 
+from .demo_model import demo_model
 from .timing import median_pair
 
 REPEATS = 21

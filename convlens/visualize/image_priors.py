@@ -77,7 +77,7 @@ class PriorsStep:
 
         fast = [_kernel_args(t, like) for t in priors] if K.usable(like) and like.ndim == 4 else [None] * len(priors)
         self.rest = tuple(t for t, f in zip(priors, fast) if f is None)
-        tv = [w for t, f in zip(priors, fast) if f is not None and t[0] == "tv" for w in (t[1],)]
+        tv = [t[1] for t, f in zip(priors, fast) if f is not None and t[0] == "tv"]
         pows = [f for t, f in zip(priors, fast) if f is not None and t[0] == "pow"]
         # the kernel's arguments after (x, grad, g): TV's total weight, and per power term w, p, ref (C,)
         self.fast = (sum(tv), np.array([w for w, _, _ in pows], dtype=np.float64),

@@ -111,7 +111,7 @@ def blur(sigma: float = 0.5, every: int = 4) -> Callable:
     k = [math.exp(-i * i / (2 * sigma ** 2)) for i in range(-radius, radius + 1)] if sigma > 0 else [1.0]
     k = [v / sum(k) for v in k]
 
-    arrays = {}                                                                     # k per numpy dtype
+    k_of = {np.dtype(d): np.asarray(k, dtype=d) for d in (np.float32, np.float64)}  # for the CPU kernel
 
     def apply(x: torch.Tensor, step: int, grad: torch.Tensor | None) -> None:
         if sigma <= 0 or (step + 1) % every:
@@ -121,7 +121,7 @@ def blur(sigma: float = 0.5, every: int = 4) -> Callable:
 
         if min(h, w) > radius and cpu_kernels.usable(x):                           # one pass, in place
             xn = x.numpy()
-            cpu_kernels.blur_(xn, arrays.setdefault(xn.dtype, np.asarray(k, dtype=xn.dtype)))
+            cpu_kernels.blur_(xn, k_of[xn.dtype])
             return
         y = F.pad(x, (radius, radius, radius, radius), mode="reflect" if min(h, w) > radius else "replicate")
         # separable, as weighted sums of shifted views (4x faster on CPU than a depthwise conv2d)
