@@ -5,6 +5,8 @@ feature-matching error of representation inversion.
 They run on every step next to the model's forward and backward. On small images their cost is the
 number of tensor operations, not their size: autograd spends 5 to 12 operations and a graph node on
 each term; written out, a prior takes 2 to 4 operations each way and all of them one Python call.
+``optimize`` on pixels calls :class:`PriorsStep`, which computes value and gradient together, on CPU
+as single-pass kernels (:mod:`~convlens.visualize.cpu_kernels`) for the terms that have one.
 """
 from __future__ import annotations
 
