@@ -14,7 +14,6 @@ so drift affects both. Goal: ratio <= 1.15x. A second row measures the same with
 """
 from __future__ import annotations
 
-
 from .demo_model import demo_model
 from .timing import alternate
 

@@ -15,7 +15,6 @@ so drift affects both. Goal: ratio <= 1.15x.
 """
 from __future__ import annotations
 
-
 from .demo_model import demo_model
 from .timing import alternate
 

@@ -77,6 +77,7 @@ class PriorsStep:
     def __init__(self, priors: tuple, like: torch.Tensor):
         from . import cpu_kernels as K
 
+        self.kernel = K.priors
         fast = [_kernel_args(t, like) for t in priors] if K.usable(like) and like.ndim == 4 else [None] * len(priors)
         self.rest = tuple(t for t, f in zip(priors, fast) if f is None)
         tv = [t[1] for t, f in zip(priors, fast) if f is not None and t[0] == "tv"]
@@ -93,12 +94,10 @@ class PriorsStep:
             value, saved = priors_value(x, self.rest)
             grad = priors_grad(self.rest, saved, g, into=grad)
         if self.fast:
-            from . import cpu_kernels as K
-
             grad = torch.zeros_like(x) if grad is None else grad if grad.is_contiguous() else grad.contiguous()
             out = torch.empty(len(x), dtype=torch.float64)
-            K.priors(x.detach().contiguous().numpy(), grad.numpy(), g.detach().to(x.dtype).numpy(), *self.fast,
-                     out.numpy())
+            self.kernel(x.detach().contiguous().numpy(), grad.numpy(), g.detach().to(x.dtype).numpy(), *self.fast,
+                        out.numpy())
             out = out.to(x.dtype)
             value = out if value is None else value.add_(out)
         return value, grad
