@@ -13,7 +13,6 @@ from convlens.visualize import cpu_kernels
 from convlens.visualize.image_priors import PriorsStep, priors_grad, priors_value
 from convlens.visualize.optimize import blur
 
-needs_numba = pytest.mark.skipif(cpu_kernels.numba is None, reason="numba is not installed")
 
 SHAPES = [(3, 2, 7, 9), (2, 2, 1, 5), (2, 2, 4, 1), (1, 1, 1, 1), (2, 3, 64, 40)]
 
@@ -25,7 +24,6 @@ def _objective(c: int):
             + 0.05 * O.alpha_norm(2.5, 0.1))                     # tv(1.5) and p = 2.5 have no kernel
 
 
-@needs_numba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_kernels_equal_the_torch_operations(shape, dtype):
@@ -47,7 +45,6 @@ def test_kernels_equal_the_torch_operations(shape, dtype):
     torch.testing.assert_close(fresh, want - start, **tol)
 
 
-@needs_numba
 @pytest.mark.parametrize("terms", ["tv", "powers", "both"])
 def test_kernel_gradient_matches_finite_differences(terms):
     torch.manual_seed(1)
@@ -87,7 +84,6 @@ def test_per_pixel_references_and_half_precision_use_torch_operations():
 
 
 
-@needs_numba
 @pytest.mark.parametrize("shape", [(2, 3, 20, 17), (1, 2, 4, 9), (1, 1, 5, 4)])
 @pytest.mark.parametrize("sigma", [0.5, 1.0])
 def test_blur_kernel_equals_a_gaussian_conv2d_with_reflected_borders(shape, sigma, monkeypatch):

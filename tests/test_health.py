@@ -3,8 +3,6 @@ badly trained ones (dead units, copied filters, a far too high learning rate); C
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +14,6 @@ from convlens import HealthReport, health, parse
 from convlens.errors import InputError, LayerNotFoundError
 from convlens.insight.health import THRESHOLDS, default_layers, layer_stats
 from test_taps import hooks_left
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -267,12 +263,8 @@ def test_plots(trained, digits):
 
 
 @pytest.mark.slow
-def test_cli_and_report_section(tmp_path):
-    demo = ROOT / "runs" / "demo"
-    if not (demo / "run.json").exists():
-        pytest.skip("runs/demo not built (`convlens demo`)")
-    run = tmp_path / "demo"
-    shutil.copytree(demo, run, ignore=shutil.ignore_patterns("results", "report"))
+def test_cli_and_report_section(demo_run_dir, tmp_path):
+    run = demo_run_dir
     from convlens.cli.app import main
     from convlens.report.context import ReportContext
     from convlens.report.sections.health import health as section

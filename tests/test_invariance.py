@@ -3,9 +3,6 @@ rot90 / interpolate, the shapes re-rendering path, awkward models, and the paper
 trained model (higher layers more invariant to small translations than conv1)."""
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,8 +11,6 @@ import torch.nn.functional as F
 import convlens
 from convlens import InputError, LayerNotFoundError, datasets, parse
 from convlens.insight.invariance import default_amounts, resample
-
-DEMO = Path(__file__).resolve().parents[1] / "runs" / "demo"
 
 
 def _shift_down(x: torch.Tensor, dy: int, fill: str) -> torch.Tensor:
@@ -193,19 +188,9 @@ def test_result_round_trip_and_plot(small_net):
     assert len(fig.axes) == 3
 
 
-@pytest.fixture
-def demo_copy(tmp_path):
-    if not (DEMO / "run.json").is_file():
-        pytest.skip("runs/demo not present (create it with `convlens demo`)")
-    dst = tmp_path / "demo"
-    dst.mkdir()
-    for name in ("run.json", "weights.safetensors"):
-        shutil.copy(DEMO / name, dst / name)
-    return dst
-
-
 @pytest.mark.slow
-def test_cli_saves_result_and_report_section_reads_it(demo_copy, capsys):
+def test_cli_saves_result_and_report_section_reads_it(demo_run_dir, capsys):
+    demo_copy = demo_run_dir
     from convlens.cli import main
     from convlens.report.context import ReportContext
     from convlens.report.sections.invariance import invariance as section
@@ -239,16 +224,22 @@ def _train_digits_net():
 
 @pytest.mark.slow
 def test_trained_model_higher_layers_more_invariant_to_small_translations():
-    """Zeiler & Fergus: small translations change layer 1 a lot, the top feature layers much less."""
-    if (DEMO / "run.json").is_file():  # the demo shapesnet: re-rendered shapes, +-2 and +-4 px
-        res = convlens.invariance(convlens.load_run(DEMO), transform="translate", amounts=[-4, -2, 2, 4])
-        md = res.mean_distance  # (L, A): conv1, conv3, conv4, fc5
-        assert md[-1].mean() < 0.5 * md[0].mean()  # the class scores vs conv1
-    else:  # resampled digits, +-1 and +-2 px
-        net, test = _train_digits_net()
-        res = convlens.invariance(net, test, transform="translate", amounts=[-2, -1, 1, 2])
-        md = res.mean_distance
+    """Zeiler & Fergus: small translations change layer 1 a lot, the top feature layers much less
+    (resampled digits, +-1 and +-2 px)."""
+    net, test = _train_digits_net()
+    res = convlens.invariance(net, test, transform="translate", amounts=[-2, -1, 1, 2])
+    md = res.mean_distance
     assert res.layers[0] == "conv1" and res.tapped[0] == "relu1"
+    assert md[-2].mean() < 0.8 * md[0].mean()  # the last conv vs conv1
+
+
+@pytest.mark.slow
+def test_demo_model_higher_layers_more_invariant_to_small_translations(demo_run_dir):
+    """The same on the demo shapesnet: re-rendered shapes, +-2 and +-4 px."""
+    res = convlens.invariance(convlens.load_run(demo_run_dir), transform="translate", amounts=[-4, -2, 2, 4])
+    md = res.mean_distance  # (L, A): conv1, conv3, conv4, fc5
+    assert res.layers[0] == "conv1" and res.tapped[0] == "relu1"
+    assert md[-1].mean() < 0.5 * md[0].mean()  # the class scores vs conv1
     assert md[-2].mean() < 0.8 * md[0].mean()  # the last conv vs conv1
 
 

@@ -145,12 +145,8 @@ def test_higher_layers_are_at_least_as_discriminative_on_a_trained_net(trained):
 
 
 @pytest.mark.slow
-def test_depth_trend_of_the_demo_model_on_shapes():
-    from pathlib import Path
-
-    demo = Path(__file__).resolve().parent.parent / "runs" / "demo"
-    if not (demo / "weights.safetensors").is_file():
-        pytest.skip("no trained demo run (make demo)")
+def test_depth_trend_of_the_demo_model_on_shapes(demo_run_dir):
+    demo = demo_run_dir
     test = datasets.load("shapes", split="test", n=300)
     res = probe(demo, per_class=(10,), repeats=2, test_data=test, progress=False)
     conv = [res.layers.index(n) for n in res.layers if n.startswith("conv")]
