@@ -39,7 +39,9 @@ layer names to their own callables (names missing from it get a plain copy).
 
 Dataset-wide methods share three helpers here: ``BatchSource`` (batches from an ImageDataset, a
 tensor or an ``(images, labels)`` pair), ``eval_mode`` (a context restoring every module's mode)
-and ``model_device`` (the device and dtype inputs must follow).
+and ``model_device`` (the device and dtype inputs must follow). ``scripted_path`` finds a TorchScript
+module, which no hook and no ``TorchFunctionMode`` sees into; ``torchscript_error`` is the one message
+refusing it, and ``resolve_hookable`` resolves a layer name refusing a TorchScript layer.
 """
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ from torch import nn
 from .errors import InputError, expect
 from .layers import resolve
 
-__all__ = ["capture", "Activations", "activations", "BatchSource", "eval_mode", "model_device"]
+__all__ = ["capture", "Activations", "activations", "BatchSource", "eval_mode", "model_device", "scripted_path",
+           "resolve_hookable", "torchscript_error"]
 
 
 class _StopForward(Exception):
@@ -144,11 +147,7 @@ class capture:  # noqa: N801 - used like a function: ``with capture(model, layer
         self.modules = {}
         paths = {}
         for name in names:  # resolve everything before any hook is set
-            paths[name], self.modules[name] = resolve(model, name)
-            if isinstance(self.modules[name], torch.jit.ScriptModule):
-                raise InputError(f"layer {name!r} is a TorchScript module, and TorchScript has no forward hooks to "
-                                 "record it with; load the weights into the model's Python class instead "
-                                 "(convlens.load_run(weights_file, arch=YourModel()))")
+            paths[name], self.modules[name] = resolve_hookable(model, name)
         self.grads, self.calls, self.stop_at_last, self.transform = bool(grads), calls, bool(stop_at_last), transform
         self.acts = Activations(model, names, paths)
         self._handles: list = []
@@ -245,6 +244,29 @@ def activations(model: nn.Module, x: torch.Tensor, layers: str | Iterable[str], 
     with torch.no_grad(), capture(model, layers, stop_at_last=stop_at_last, calls=calls) as acts:
         acts.forward(x)
     return acts
+
+
+# ---- TorchScript: compiled code that no hook or TorchFunctionMode sees into -------------------------
+
+def scripted_path(model: nn.Module) -> str | None:
+    """The path of the first TorchScript module in ``model`` ('' for the model itself), or None."""
+    return next((path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+
+
+def resolve_hookable(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """``resolve(model, name)``, refusing a TorchScript layer (its forward hooks never run)."""
+    path, module = resolve(model, name)
+    if isinstance(module, torch.jit.ScriptModule):
+        raise torchscript_error(name, "TorchScript has no forward hooks to record it with")
+    return path, module
+
+
+def torchscript_error(path: str, why: str) -> InputError:
+    """The one TorchScript refusal: ``the model's module 'path' is TorchScript, and <why>; <what to do>``."""
+    what = f"the model's module {path!r}" if path else "the model"
+    return InputError(f"{what} is TorchScript, and {why}; pass the model's eager nn.Module instead, or "
+                      "load the weights into its Python class (convlens.load_run(weights_file, arch=YourModel()); "
+                      "a scripted model's state_dict() fits its class)")
 
 
 # ---- feeding a model: shared by dataset-wide methods (features, health) ---------------------------

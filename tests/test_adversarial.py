@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import convlens
-from convlens import InputError, datasets
+from convlens import InputError, ShapeError, datasets
 from convlens.cli.app import main
 from convlens.training.evaluate import run_test_data
 from convlens.visualize.adversarial import AdversarialResult, fgsm_sweep
@@ -112,7 +112,7 @@ def test_one_channel_model_with_functional_relus_and_a_model_in_train_mode(gray_
     _check_numbers(res, tiny_resnet)
 
 
-def test_errors_are_clear(tiny_resnet, small_run):
+def test_errors_are_clear(tiny_resnet, bn_net, small_run):
     x = torch.rand(1, 3, 16, 16)
     with pytest.raises(InputError, match="method must be"):
         convlens.adversarial(tiny_resnet, x, 1, method="deepfool")
@@ -124,12 +124,14 @@ def test_errors_are_clear(tiny_resnet, small_run):
         convlens.adversarial(tiny_resnet, x + 2, None, method="fgsm", box=(0.0, 1.0))
     with pytest.raises(InputError, match="not a class of this model"):
         convlens.adversarial(small_run, torch.rand(1, 16, 16), "ostrich")
-    tiny_resnet.train()
-    before = model_state(tiny_resnet)
+    with pytest.raises(InputError, match=r"3-channel images.*got \(1, 5, 16, 16\)"):  # refused before the forward
+        convlens.adversarial(tiny_resnet, torch.rand(1, 5, 16, 16), 1)
+    bn_net.train()
+    before = model_state(bn_net)
     for method in ("lbfgs", "pgd"):
-        with pytest.raises(RuntimeError):                                      # 5 channels: the conv fails
-            convlens.adversarial(tiny_resnet, torch.rand(1, 5, 16, 16), 1, method=method)
-        assert_as_found(tiny_resnet, before)
+        with pytest.raises(ShapeError, match=r"failed on input of shape \(1, 3, 1, 1\)"):  # the max-pool fails
+            convlens.adversarial(bn_net, torch.rand(1, 3, 1, 1), 1, method=method)
+        assert_as_found(bn_net, before)
 
 
 def test_save_load_round_trip_repr_and_plot(tmp_path, small_run):

@@ -1,23 +1,27 @@
 """Backprop visualizations (saliency, deconvnet, guided backprop) against independent oracles:
 Captum's Saliency / Deconvolution / GuidedBackprop on nn.ReLU models, the same numbers on functional
 and in-place ReLU twins (where Captum silently falls back to plain gradients), finite differences,
-and a brute-force layer/unit projection written with module backward hooks."""
+and a brute-force layer/unit projection written with module backward hooks. TorchScript, where no
+rule reaches a ReLU: deconvnet and guided backprop refuse it naming the scripted module, saliency
+equals the eager model's."""
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import BasicBlock, TinyResNet
+from conftest import FIXTURE_MODELS, BasicBlock, TinyResNet
 
 import convlens
-from convlens import InputError, LayerNotFoundError
+from convlens import InputError, LayerNotFoundError, ShapeError
 from convlens.visualize.backprop import deconvnet, guided_backprop, modified_gradient, saliency, unit_maxima
 
 METHODS = {"deconvnet": deconvnet, "guided": guided_backprop}
+QUIET_JIT = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 
 
 def _captum(name, model, x, target):
@@ -300,8 +304,8 @@ def test_model_left_as_found_also_when_the_forward_raises(call, bn_net):
     call(bn_net, x)
     _assert_as_found(bn_net, before)  # BN running statistics untouched: the call ran in eval mode
     assert torch.equal(x, x0) and not x.requires_grad
-    with pytest.raises(RuntimeError):
-        call(bn_net, torch.rand(2, 4, 16, 16))  # 4 channels: the first conv raises
+    with pytest.raises(ShapeError, match=r"failed on input of shape \(2, 3, 1, 1\)"):
+        call(bn_net, torch.rand(2, 3, 1, 1))  # 1x1 pixel: the first max-pool raises, inside the forward
     _assert_as_found(bn_net, before)
 
 
@@ -346,6 +350,74 @@ def test_errors_name_the_argument(bn_net):
     with pytest.raises(InputError, match=r"target must be a class index in \[0, 9\]"):
         saliency(bn_net, x, 10)
     assert convlens.saliency is saliency and convlens.guided_backprop is guided_backprop
+
+
+# ---- TorchScript: no rule reaches a ReLU inside it, so deconvnet and guided backprop refuse it -------------
+
+@QUIET_JIT
+def test_the_relu_rule_never_reaches_torchscript_code(bn_net):
+    """Why they refuse: under the rule, a scripted forward gives the plain gradient, bit for bit."""
+    from convlens.visualize.backprop import _ReluRule
+
+    scripted = torch.jit.script(bn_net)
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    with _ReluRule("guided"):
+        ruled = torch.autograd.grad(scripted(x)[:, 3].sum(), x)[0]
+    plain = torch.autograd.grad(scripted(x)[:, 3].sum(), x)[0]
+    assert torch.equal(ruled, plain)
+    assert not torch.allclose(guided_backprop(bn_net, x.detach(), 3), plain)  # the eager model gets the rule
+
+
+@QUIET_JIT
+@pytest.mark.parametrize("name", ["deconvnet", "guided"])
+def test_torchscript_is_refused_naming_the_module_and_the_eager_twin_equals_captum(name, images):
+    from convlens.training.runs import PixelModel
+
+    models = twins()
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    traced = torch.jit.trace(models["module"], images)
+    cases = {"the model is TorchScript": traced,
+             "the model's module 'net' is TorchScript": PixelModel(traced, mean, std),  # a Run's pixel model
+             "the model's module 'body' is TorchScript": nn.Sequential(OrderedDict(body=traced))}
+    for where, model in cases.items():
+        with pytest.raises(InputError, match=f"{where}, and the '{name}' ReLU rule never runs") as err:
+            METHODS[name](model, images, TARGETS)
+        assert "eager nn.Module" in str(err.value) and "load_run(weights_file, arch=" in str(err.value)
+    expected = _captum(name, PixelModel(models["module"], mean, std), images, TARGETS)
+    torch.testing.assert_close(METHODS[name](PixelModel(models["functional"], mean, std), images, TARGETS), expected)
+    with pytest.raises(InputError, match="TorchScript has no forward hooks"):  # a scripted layer to seed from
+        modified_gradient(nn.Sequential(OrderedDict(body=traced)), images, lambda a: a, layer="body")
+
+
+@QUIET_JIT
+def test_runs_loaded_from_torchscript_files_refuse_the_rules_and_keep_saliency(bn_net, tmp_path):
+    from convlens.training.runs import PixelModel
+
+    eager = PixelModel(bn_net, torch.full((3,), 0.5), torch.full((3,), 0.25))
+    x = torch.rand(3, 3, 16, 16)
+    torch.jit.trace(eager, x).save(str(tmp_path / "model.pt"))
+    loaded = convlens.load_run(tmp_path / "model.pt", input_shape=(3, 16, 16))
+    for fn in (deconvnet, guided_backprop):
+        with pytest.raises(InputError, match="the model's module 'net' is TorchScript"):
+            fn(loaded, x, 1)
+    torch.testing.assert_close(saliency(loaded, x, 1), saliency(eager, x, 1))
+
+
+@QUIET_JIT
+@pytest.mark.parametrize("fixture", sorted(FIXTURE_MODELS))
+def test_every_method_on_torchscript_gives_the_eager_answer_or_refuses(fixture):
+    """The property that would have caught the silent fallback, over every fixture model."""
+    eager = FIXTURE_MODELS[fixture]().eval()
+    x = torch.rand(2, *eager.input_shape)
+    traced = torch.jit.trace(eager, x)
+    torch.testing.assert_close(saliency(traced, x, 1), saliency(eager, x, 1))
+    for fn in (deconvnet, guided_backprop):
+        try:
+            got = fn(traced, x, 1)
+        except InputError as err:
+            assert "is TorchScript" in str(err)
+        else:
+            torch.testing.assert_close(got, fn(eager, x, 1))
 
 
 # ---- Zeiler & Fergus Fig. 2: projections of the top-k patches ----------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import convlens
-from convlens import InputError, LayerNotFoundError, datasets
+from convlens import InputError, LayerNotFoundError, ShapeError, datasets
 from convlens.cli.app import main
 from convlens.training.evaluate import run_test_data
 from convlens.visualize import objectives as O
@@ -93,18 +93,20 @@ def test_one_channel_non_square_model_and_a_bare_model_without_a_box(gray_net):
     assert free.info["box"] is None and free.images.shape == (1, 1, 20, 28)
 
 
-def test_errors_are_clear_and_the_model_is_left_as_found_when_a_forward_fails(tiny_resnet):
+def test_errors_are_clear_and_the_model_is_left_as_found_when_a_forward_fails(tiny_resnet, bn_net):
     with pytest.raises(LayerNotFoundError, match="did you mean|Did you mean"):
         convlens.invert(tiny_resnet, torch.rand(3, 16, 16), "layr1")
     with pytest.raises(InputError, match="x must be"):
         convlens.invert(tiny_resnet, torch.rand(16, 16), "layer1")
     with pytest.raises(InputError, match="n_inits must be"):
         convlens.invert(tiny_resnet, torch.rand(3, 16, 16), "layer1", n_inits=0)
-    tiny_resnet.train()
-    before = model_state(tiny_resnet)
-    with pytest.raises(RuntimeError):
-        convlens.invert(tiny_resnet, torch.rand(5, 16, 16), "layer2")             # 5 channels: conv fails
-    assert_as_found(tiny_resnet, before)
+    with pytest.raises(InputError, match=r"3-channel images.*got \(5, 16, 16\)"):
+        convlens.invert(tiny_resnet, torch.rand(5, 16, 16), "layer2")             # refused before the forward
+    bn_net.train()
+    before = model_state(bn_net)
+    with pytest.raises(ShapeError, match=r"failed on input of shape \(1, 3, 1, 1\)"):
+        convlens.invert(bn_net, torch.rand(3, 1, 1), "features.4")                # 1x1: the first max-pool fails
+    assert_as_found(bn_net, before)
 
 
 def test_per_image_weight_objective_gradient_matches_finite_differences():

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError, expect
-from ..taps import eval_mode, model_device
+from ..taps import eval_mode
 from . import objectives as O
-from .inputs import as_images
+from .inputs import as_images, forward_errors
 from .optimize import optimize
 from .targets import class_names_of, target_indices
 
@@ -194,9 +194,8 @@ def adversarial(model_or_run, x, target=None, *, method: str = "lbfgs", eps: flo
     model, run = model_and_run(model_or_run)
     if method not in METHODS:
         raise expect("method", "one of " + ", ".join(METHODS), method)
-    x0 = as_images(x)
-    device, dtype = model_device(model)
-    x0 = x0.to(device=device, dtype=dtype)                                      # (N, C, H, W)
+    x0 = as_images(x, model)                                                    # (N, C, H, W)
+    device = x0.device
     if box is None and run is not None:
         box = (0.0, 1.0)
     if box is not None and (x0.min() < box[0] or x0.max() > box[1]):
@@ -292,7 +291,7 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _probs(model, x: torch.Tensor) -> torch.Tensor:
     """softmax of the model's scores (N, K), no gradients, eval mode."""
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), eval_mode(model), forward_errors(model, x):
         out = model(x)
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise InputError("the model must return class scores (N, classes); got "
@@ -340,20 +339,19 @@ def fgsm_sweep(model_or_run, images, labels, eps: Sequence[float] = (0, 1 / 255,
                *, method: str = "fgsm", batch_size: int = 200, **kwargs) -> FGSMSweep:
     """Untargeted ``method`` ("fgsm" or "pgd") on ``images`` (N, C, H, W) with true ``labels`` at each
     ``eps`` (0: the clean accuracy): Goodfellow et al.'s accuracy-vs-eps measurement."""
+    from ..training.runs import model_and_run
+
     if method not in ("fgsm", "pgd"):
         raise expect("method", "'fgsm' or 'pgd'", method)
-    images, labels = as_images(images), torch.as_tensor(labels).reshape(-1)
+    model, _ = model_and_run(model_or_run)
+    images, labels = as_images(images, model), torch.as_tensor(labels).reshape(-1)
     acc = []
     for e in eps:
         right = 0
         for i in range(0, len(images), batch_size):
             xb, yb = images[i:i + batch_size], labels[i:i + batch_size]
             if e == 0:
-                from ..training.runs import model_and_run
-
-                model, _ = model_and_run(model_or_run)
-                device, dtype = model_device(model)
-                pred = _probs(model, xb.to(device=device, dtype=dtype)).argmax(1).cpu()
+                pred = _probs(model, xb).argmax(1).cpu()
             else:
                 pred = torch.as_tensor(adversarial(model_or_run, xb, None, method=method, eps=float(e), labels=yb,
                                                    **kwargs).pred_after)

@@ -33,7 +33,12 @@ likes (Captum's ``Deconvolution``/``GuidedBackprop`` hook ``nn.ReLU`` modules on
 back to plain gradients for a functional ReLU). In-place ReLUs stay in place for the code after them.
 Other nonlinearities (leaky ReLU, ReLU6, ELU, GELU, SiLU, tanh, sigmoid, ``clamp(min=0)``) and
 everything else (BatchNorm, residual additions, average pooling) keep their plain gradient. The
-saliency rule ("gradient") needs no mode at all: it is the plain gradient.
+saliency rule ("gradient") needs no mode at all: it is the plain gradient. TorchScript code never
+calls back into Python, so no mode reaches a ReLU inside it: deconvnet and guided backprop refuse a
+model holding a TorchScript module (the model itself, a submodule, or the net of a Run loaded from a
+TorchScript file) with an InputError naming it, where they would silently return the plain gradient;
+saliency works on TorchScript. A scripted *function* called from an eager ``forward`` is no module and
+cannot be seen: its ReLUs keep their plain gradient.
 
 The model is left as found: it runs in **eval mode** during the call (BatchNorm's running statistics,
 dropout off, so every image's map is its own; Captum uses the model's current mode, so compare in
@@ -55,8 +60,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import InputError, ShapeError, expect
-from ..layers import resolve
-from .inputs import as_images
+from ..taps import capture, eval_mode, resolve_hookable, scripted_path, torchscript_error
+from .inputs import as_images, forward_errors
 from .targets import class_names_of, target_indices
 
 __all__ = ["RULES", "modified_gradient", "saliency", "deconvnet", "guided_backprop", "unit_maxima",
@@ -143,8 +148,12 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
         raise expect("rule", f"one of {RULES}", rule)
     if not isinstance(model, nn.Module):
         raise expect("model", "an nn.Module (or a Run / run directory)", type(model).__name__)
+    scripted = scripted_path(model) if rule != "gradient" else None
+    if scripted is not None:
+        raise torchscript_error(scripted, f"the {rule!r} ReLU rule never runs inside TorchScript code (the result "
+                                          "would be the plain gradient; saliency works on TorchScript)")
     x = as_images(x, model)
-    module = resolve(model, layer)[1] if layer is not None else None
+    module = resolve_hookable(model, layer)[1] if layer is not None else None
     captured: list[torch.Tensor] = []
 
     def hook(_module, _args, output):
@@ -158,7 +167,7 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
         with torch.inference_mode(False), torch.enable_grad():
             x = x.detach().requires_grad_()  # a fresh leaf: the caller's tensor is untouched
             try:
-                with _ReluRule(rule) if rule != "gradient" else nullcontext():
+                with forward_errors(model, x), _ReluRule(rule) if rule != "gradient" else nullcontext():
                     out = model(x)
             except _Stop:
                 out = captured[0]
@@ -220,10 +229,9 @@ def _unit_seed(unit) -> Callable[[torch.Tensor], torch.Tensor]:
 def unit_maxima(model: nn.Module, x, layer: str, unit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values (N,), positions (N, D)): the strongest activation of feature map ``unit`` of ``layer``
     per image and where it is (row, col for a conv map; empty D for an fc layer), in eval mode."""
-    from ..taps import capture, eval_mode
-
     x = as_images(x, model)
-    with torch.no_grad(), eval_mode(model), capture(model, layer, stop_at_last=True, calls="all") as acts:
+    with torch.no_grad(), eval_mode(model), capture(model, layer, stop_at_last=True, calls="all") as acts, \
+            forward_errors(model, x):
         acts.forward(x)
     out = acts[layer][0]                                          # (N, C, ...) the first call
     _unit_seed(unit)(out[:1])                                     # validates unit

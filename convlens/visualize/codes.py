@@ -148,10 +148,13 @@ def code_layer(model: nn.Module, sample: torch.Tensor) -> tuple[str, str]:
 
     ``sample``: (B, C, H, W) images as the model takes them (one or a few suffice)."""
     from ..layers import display_names
-    from ..taps import eval_mode
+    from ..taps import eval_mode, scripted_path, torchscript_error
 
     linears = {m: p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p}
     if not linears:
+        scripted = scripted_path(model)
+        if scripted is not None:
+            raise torchscript_error(scripted, "TorchScript has no forward hooks to find its CNN code with")
         raise InputError(f"layer must be given: this {type(model).__name__} has no nn.Linear classifier whose input "
                          "would be the CNN code; got None")
     sizes = {m.in_features for m in linears}
@@ -173,7 +176,7 @@ def code_layer(model: nn.Module, sample: torch.Tensor) -> tuple[str, str]:
         for m, p in linears.items():
             handles.append(m.register_forward_pre_hook(pre))
         for p, m in model.named_modules():
-            if p:
+            if p and not isinstance(m, torch.jit.ScriptModule):  # TorchScript runs no hooks
                 handles.append(m.register_forward_hook(post(p)))
         with eval_mode(model), torch.no_grad():
             model(sample)

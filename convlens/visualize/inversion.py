@@ -46,7 +46,7 @@ import torch
 from ..errors import InputError, expect
 from ..taps import eval_mode, model_device
 from . import objectives as O
-from .inputs import as_images
+from .inputs import as_images, forward_errors
 from .optimize import OptimizedImage, optimize
 
 __all__ = ["invert", "save_inversions", "load_inversions", "feature_error"]
@@ -78,8 +78,7 @@ def invert(model_or_run, x, layer: str | Sequence[str], *, steps: int = 200, alp
         raise expect("layer", "a layer name or a non-empty list of layer names", layer)
     shown, tapped = choose_layers(model, names)
     _check(steps, alpha, beta, lambda_alpha, lambda_tv, n_inits, seed, lr, final_lr, momentum)
-    device, dtype = model_device(model)
-    x0 = as_images(x, input_shape=run.input_shape if run is not None else None).to(device=device, dtype=dtype)                        # (B, C, H, W)
+    x0 = as_images(x, model, input_shape=run.input_shape if run is not None else None)  # (B, C, H, W)
     if box is None and run is not None:
         box = (0.0, 1.0)
     center = _center(run, x0)                                                   # (B, C, 1, 1)
@@ -144,7 +143,7 @@ def _code(model, x0, tap) -> torch.Tensor:
     """Φ(x0) at ``tap``, (B, ...), without gradients and in eval mode."""
     from ..taps import activations
 
-    with eval_mode(model):
+    with eval_mode(model), forward_errors(model, x0):
         return activations(model, x0, [tap])[tap].detach().to(x0.dtype).clone()
 
 

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, expect
-from ..layers import resolve
-from ..taps import eval_mode, model_device
+from ..taps import eval_mode, model_device, resolve_hookable
 from . import update_rules
 from .image_priors import PriorsStep
 from .objectives import Objective, State, as_objective
@@ -279,7 +278,7 @@ class _Forward:
 
     def __init__(self, model: nn.Module, objective: Objective):
         self.model, self.layers, self.need_logits = model, objective.layers, objective.logits
-        self.modules = {name: resolve(model, name)[1] for name in self.layers}
+        self.modules = {name: resolve_hookable(model, name)[1] for name in self.layers}
         self.handles, self.acts = [], {}
 
     def __enter__(self):

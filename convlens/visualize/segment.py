@@ -246,13 +246,13 @@ def explain(model, x, target=None, *, labels=None, true_masks=None, fg_quantile:
     deconvnet and guided backprop, all from the class score ``target`` (None: the predicted class).
     ``true_masks`` (N, H, W) give each mask's IoU; ``labels`` are only recorded."""
     from ..taps import eval_mode
-    from .inputs import as_images
+    from .inputs import as_images, forward_errors
     from .backprop import (_label, _model_and_run, deconvnet, guided_backprop, saliency)
     from .targets import class_names_of, target_indices
 
     net, run = _model_and_run(model)
     images = as_images(x, net)
-    with torch.no_grad(), eval_mode(net):
+    with torch.no_grad(), eval_mode(net), forward_errors(net, images):
         predicted = net(images).argmax(1)                                       # (N,)
     targets = predicted if target is None else target_indices(target, len(images), class_names=class_names_of(net))
     sal = saliency(net, images, targets)                                        # (N, H, W)
