@@ -4,13 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import convlens
 from convlens import InputError, ShapeError
 from convlens.arch.geometry import Box, receptive_boxes
 from convlens.arch.receptive import receptive_field
-from convlens.arch.summary import summary
+from convlens.arch.summary import Summary, summary
 
 from conftest import FIXTURE_MODELS
 
@@ -224,15 +226,77 @@ def test_odd_windows_analytic_equals_probe():
     assert _agree(OddWindows(), (1, 29, 31)) > 0
 
 
-def test_dilated_windows_at_the_border_are_bounded():
-    """A dilated window's taps can skip the first/last real unit at a border: the analytic box then
-    contains the probe's (documented in convlens.arch.geometry), and they agree away from borders."""
-    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2), nn.Conv2d(1, 1, 3, padding=2, dilation=2))
-    s = summary(model, (1, 13, 15))
-    for pos in [(0, 0), (2, 4), (5, 6), (3, 3)]:
-        a, p = s["1"].geometry.box(*pos), receptive_field(model, "1", pos, (1, 13, 15))
-        assert a.top <= p.top and a.left <= p.left and a.bottom >= p.bottom and a.right >= p.right
-    assert s["1"].geometry.box(3, 3) == receptive_field(model, "1", (3, 3), (1, 13, 15))
+def _ones_gradient_support(model: nn.Sequential, pos, input_size) -> Box:
+    """Brute force for a chain of convolutions: with every weight 1 and every bias 0, the input pixels
+    with a non-zero gradient of the unit are exactly those that reach it."""
+    ones = nn.Sequential(*(nn.Conv2d(1, 1, c.kernel_size, c.stride, c.padding, c.dilation) for c in model))
+    for conv in ones:
+        nn.init.ones_(conv.weight)
+        nn.init.zeros_(conv.bias)
+    x = torch.ones(1, *input_size, requires_grad=True)
+    ones(x)[0, 0, pos[0], pos[1]].backward()
+    rows, cols = x.grad[0, 0].any(1).nonzero().flatten(), x.grad[0, 0].any(0).nonzero().flatten()
+    if rows.numel() == 0:
+        return Box(0, 0, 0, 0)
+    return Box(int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+@pytest.mark.parametrize("model, size", [
+    (nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, dilation=2)), (1, 8, 8)),       # the issue's case
+    (nn.Sequential(nn.Conv2d(1, 1, 3, stride=2), nn.Conv2d(1, 1, 3, padding=2, dilation=2)), (1, 13, 15)),
+    (nn.Sequential(nn.Conv2d(1, 1, 1, stride=3, padding=1), nn.Conv2d(1, 1, 3)), (1, 11, 10)),  # stride > kernel
+    (nn.Sequential(nn.Conv2d(1, 1, 2, padding=3), nn.Conv2d(1, 1, 3, padding=1, dilation=3)), (1, 6, 7)),  # blind units
+])
+def test_dilated_and_padded_windows_are_exact_at_every_unit(model, size):
+    """A dilated window whose taps skip the first real pixel, gaps left by a stride larger than the kernel,
+    windows entirely in padding: the analytic box is the probe's and the brute-force gradient's, at every unit."""
+    last = str(len(model) - 1)
+    row = summary(model, size)[last]
+    h, w, _ = row.output_shape
+    for pos in [(r, c) for r in range(h) for c in range(w)]:
+        exact = _ones_gradient_support(model, pos, size)
+        assert row.geometry.box(*pos, size[1:]) == exact, pos
+        assert receptive_field(model, last, pos, size, method="probe") == exact, pos
+    assert receptive_field(model, last, (0, 0), size, method="analytic") == _ones_gradient_support(model, (0, 0), size)
+
+
+def test_issue_example_rows_1_to_4():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, dilation=2))
+    box = receptive_field(model, "0", (0, 0), (1, 8, 8), method="analytic")
+    assert box == receptive_field(model, "0", (0, 0), (1, 8, 8), method="probe") == Box(1, 1, 4, 4)
+
+
+def test_exact_boxes_survive_json(tmp_path):
+    """Rows whose boxes are not the textbook spans carry them in JSON; a loaded summary gives the same boxes."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, dilation=2), nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+    s = summary(model, (1, 9, 11))
+    assert "edges" in s.to_dict()["layers"][1]
+    s.save(tmp_path / "s.json")
+    loaded = Summary.load(tmp_path / "s.json")
+    for live, back in zip(s.rows[1:], loaded.rows[1:]):
+        h, w, _ = live.output_shape
+        rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        assert torch.equal(receptive_boxes(live, rows, cols), receptive_boxes(back, rows, cols))
+        assert live.geometry.box(0, 0) == receptive_field(model, live.name, (0, 0), (1, 9, 11))
+
+
+def test_union_with_a_blind_branch_is_unknown_not_wrong():
+    """A residual add whose branch has units that see nothing along one axis: the union of the two fields is
+    no longer rows x columns, so the analytic method refuses and the probe answers."""
+    class Blind(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wide = nn.Conv2d(1, 1, (1, 5), padding=(1, 2))  # rows 0 and H+1 see nothing; 5 columns
+            self.tall = nn.Conv2d(1, 1, (3, 1), padding=(2, 0))  # row 0 sees image row 0; 1 column
+            self.out = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):                                   # (N, 1, H, W)
+            return self.out(self.wide(x) + self.tall(x))         # (N, 1, H + 2, W)
+
+    assert summary(Blind(), (1, 6, 6))["out"].rf is None
+    with pytest.raises(ShapeError, match="method='probe'"):
+        receptive_field(Blind(), "out", (0, 3), (1, 6, 6), method="analytic")
+    assert receptive_field(Blind(), "out", (0, 3), (1, 6, 6)) == Box(0, 3, 1, 4)  # not columns 1:6
 
 
 def test_negative_pad_crops_to_unknown():
@@ -258,3 +322,46 @@ def test_normalization_in_front_does_not_widen_fields(small_run):
         analytic = receptive_field(pm, layer, pos, method="analytic")
         assert analytic == receptive_field(pm, layer, pos, method="probe")
         assert analytic.height < 16
+
+
+# -- property: the two methods agree on any chain of windows ---------------------------------------------------
+@st.composite
+def window_stacks(draw):
+    """(model, input_size): 1-4 convolutions and max/average poolings on a small 1-channel non-square image,
+    with strides (some larger than the kernel), paddings (some past the kernel's extent), dilations and ceil
+    mode, drawn until every map is non-empty."""
+    size = (1, draw(st.integers(4, 14)), draw(st.integers(4, 14)))
+    layers = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv", "max", "avg"]))
+        k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        if kind == "conv":
+            d = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+            p = tuple(draw(st.integers(0, (k[i] - 1) * d[i] + 1)) for i in range(2))
+            layers.append(nn.Conv2d(1, 1, k, stride, p, d))
+        else:
+            p = tuple(draw(st.integers(0, k[i] // 2)) for i in range(2))  # PyTorch: at most half the kernel
+            ceil = draw(st.booleans())
+            layers.append(nn.MaxPool2d(k, stride, p, dilation=draw(st.integers(1, 2)), ceil_mode=ceil)
+                          if kind == "max" else nn.AvgPool2d(k, stride, p, ceil_mode=ceil))
+    model = nn.Sequential(*layers)
+    try:
+        out = model(torch.zeros(1, *size))                                # (1, 1, h, w)
+    except RuntimeError:                                                  # a map shrank to nothing
+        assume(False)
+    assume(out.numel() > 0)
+    return model, size
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stack=window_stacks())
+def test_property_analytic_equals_probe_on_window_stacks(stack, one_thread):
+    """Every map's corner units, and the last map's units next to its borders (where taps skip pixels)."""
+    model, size = stack
+    rows = summary(model, size).rows[1:]
+    for row in rows:
+        h, w, _ = row.output_shape
+        near = (0, 1, -2, -1) if row is rows[-1] else (0, -1)
+        for pos in {(r % h, c % w) for r in near for c in near}:
+            assert row.geometry.box(*pos, size[1:]) == receptive_field(model, row.name, pos, size), (row.name, pos)

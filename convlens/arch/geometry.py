@@ -1,27 +1,32 @@
-"""Receptive-field geometry: how a unit of a feature map sits on the input image.
+"""Receptive-field geometry: which input pixels reach each unit of a feature map.
 
-Along each spatial axis a feature map carries three integers (Araujo, Norris & Sim 2019,
-"Computing receptive fields of convolutional neural networks", Distill):
+Along each spatial axis a feature map carries the textbook numbers (Araujo, Norris & Sim 2019,
+"Computing receptive fields of convolutional neural networks", Distill), which the summary shows:
 
 * ``rf``    -- the receptive field size in input pixels,
 * ``jump``  -- input pixels between neighbouring units (the effective stride; 0 when every unit
   sees the same region, e.g. after a fully connected or global pooling layer),
 * ``start`` -- the input coordinate of the *first* (top or left) pixel of unit 0's field. It is
-  not the centre, and it may be negative: zero padding puts part of a field off the image,
-* ``lo``, ``hi`` -- the first and last image pixel (inclusive) that any unit can see. Usually the
-  whole image, but a layer that drops trailing pixels (a floor-mode pooling that does not fit)
-  hides them from every later layer, even where a later padding window reaches over them.
+  not the centre, and it may be negative: zero padding puts part of a field off the image.
 
-Unit ``i`` covers input pixels ``start + i*jump ... start + i*jump + rf - 1``, clipped to
-``[lo, hi]``. A window op of kernel ``k``, stride ``s``, padding ``p`` and dilation ``d`` over an
-input of ``n`` units composes as ``rf += (k-1)*d*jump; start -= p*jump; jump *= s`` and clips
-``lo, hi`` to the input's own units (``max(lo, start)``, ``min(hi, start + (n-1)*jump + rf - 1)``).
+A window op of kernel ``k``, stride ``s``, padding ``p`` and dilation ``d`` composes them as
+``rf += (k-1)*d*jump; start -= p*jump; jump *= s``, so unit ``i`` spans ``start + i*jump ...
+start + i*jump + rf - 1``. That span is the exact field away from the borders, but not at them: a
+dilated window (or one downstream of a stride larger than its kernel) whose taps skip the first real
+unit sees less, and a window lying entirely in padding sees nothing. So each axis also carries,
+per unit, ``first`` and ``last``: the first and last image pixel that actually reaches it, composed
+op by op. Unit ``u`` of a window op takes the smallest ``first`` and the largest ``last`` over its
+taps ``u*s - p + j*d`` (``j < k``) that land on real units (not padding, not past the end in ceil
+mode). The minimum of a union is the minimum of its parts, so this is exact along an axis; and a
+window acts on rows and columns independently, so a unit's field is its row set times its column
+set and its box is exact: equal to the gradient probe of :mod:`.receptive`. A unit that sees no
+pixel has ``last < first`` (stored as ``0, -1``) and an empty box. ``lo``/``hi`` are the first and
+last pixel any unit sees: a floor-mode layer that drops trailing pixels hides them from every later
+layer, even where a later padding window reaches over them.
+
 Element-wise ops with several inputs (residual add, concatenation along channels) take the union
-of their inputs' fields. This is exact (equal to the gradient probe of :mod:`.receptive`) except for
-a unit whose window lies entirely in padding (padding >= the kernel's extent): it sees no pixel,
-while the analytic box reports the image pixels its padded window overlaps; and a dilated window
-whose padding is not a multiple of the dilation: at the border its taps skip the first real unit,
-and the analytic box can start up to ``dilation - 1`` input units too early.
+of their inputs' fields, per unit; the tracer calls such a union unknown when an input has a unit
+that sees nothing along one axis (its field is then no longer a row set times a column set).
 
 Boxes are **half-open** and **clipped to the image**: ``Box(top, left, bottom, right)`` covers
 rows ``top:bottom`` and columns ``left:right``, so ``image[..., box.top:box.bottom, box.left:box.right]``
@@ -30,11 +35,24 @@ is the patch a unit sees.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, expect
+
+NONE = 2 ** 62  # a blind unit's first pixel while taking minima (its last is -1)
+
+
+def _axis(rf: int, jump: int, start: int, first: np.ndarray, last: np.ndarray) -> "Axis":
+    """An :class:`Axis` from per-unit bounds (a blind unit as first > last), keeping the arrays for the next op."""
+    seen = first <= last
+    first, last = np.where(seen, first, NONE), np.where(seen, last, -1)
+    axis = Axis(rf, jump, start, tuple(np.where(seen, first, 0).tolist()), tuple(last.tolist()))
+    axis.__dict__["arrays"] = first, last  # fills the cached property
+    return axis
 
 
 @dataclass(frozen=True)
@@ -44,34 +62,65 @@ class Axis:
     rf: int
     jump: int
     start: int
-    lo: int
-    hi: int
+    first: tuple[int, ...]  # per unit, the first image pixel reaching it; one entry when every unit is alike
+    last: tuple[int, ...]   # per unit, the last one (inclusive); last < first when the unit sees nothing
 
     @classmethod
     def image(cls, size: int) -> "Axis":
         """The input itself: one pixel per unit."""
-        return cls(1, 1, 0, 0, size - 1)
+        pixels = tuple(range(size))
+        return cls(1, 1, 0, pixels, pixels)
 
-    def window(self, kernel: int, stride: int, padding: int, dilation: int, units: int) -> "Axis":
-        """This axis after a sliding window (convolution or pooling) over ``units`` input units."""
-        first, last = self.span(units)
-        return Axis(self.rf + (kernel - 1) * dilation * self.jump, self.jump * stride, self.start - padding * self.jump,
-                    first, last)
+    @classmethod
+    def affine(cls, rf: int, jump: int, start: int, lo: int, hi: int, units: int) -> "Axis":
+        """The textbook spans of ``units`` units, clipped to ``lo..hi``."""
+        begin = start + np.arange(units) * jump                                  # (units,)
+        return _axis(rf, jump, start, np.maximum(begin, lo), np.minimum(begin + rf - 1, hi))
 
-    def shifted(self, pad: int, units: int) -> "Axis":
-        """This axis of ``units`` units after ``pad`` units of zero padding at its start: the padding
-        units see nothing, so ``lo..hi`` shrinks to what the real units see."""
-        first, last = self.span(units)
-        return Axis(self.rf, self.jump, self.start - pad * self.jump, first, last)
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first, last) as int64 arrays, a blind unit as (NONE, -1)."""
+        first, last = np.array(self.first), np.array(self.last)
+        return np.where(first <= last, first, NONE), last
 
-    def span(self, units: int) -> tuple[int, int]:
-        """First and last image pixel (inclusive, clipped to ``lo..hi``) seen by any of ``units`` units."""
-        return max(self.start, self.lo), min(self.start + max(units - 1, 0) * self.jump + self.rf - 1, self.hi)
+    @property
+    def lo(self) -> int:
+        """The first image pixel any unit sees (0, with ``hi`` -1, when none sees any)."""
+        return 0 if self.hi < 0 else int(self.arrays[0].min())
+
+    @property
+    def hi(self) -> int:
+        """The last image pixel any unit sees."""
+        return int(self.arrays[1].max())
+
+    @property
+    def blind(self) -> bool:
+        """Whether some unit sees no pixel at all."""
+        return bool((self.arrays[1] < 0).any())
+
+    def bounds(self, units: int) -> tuple[np.ndarray, np.ndarray]:
+        """(first, last) of ``units`` units, broadcasting a single one."""
+        first, last = self.arrays
+        if len(first) == units:
+            return first, last
+        if len(first) != 1:
+            raise ValueError(f"an axis of {len(first)} units cannot describe {units}")
+        return first.repeat(units), last.repeat(units)
+
+    def window(self, kernel: int, stride: int, padding: int, dilation: int, units: int, out_units: int) -> "Axis":
+        """This axis after a sliding window (convolution, pooling, zero padding as a 1-tap window) that
+        maps ``units`` units to ``out_units``: each output unit spans its taps that land on real units."""
+        taps = np.arange(out_units)[:, None] * stride - padding + np.arange(kernel) * dilation  # (out, k)
+        taps = np.where((taps >= 0) & (taps < units), taps, units)  # padding: the index of an extra blind unit
+        first, last = self.bounds(units)
+        first, last = np.append(first, NONE)[taps].min(1), np.append(last, -1)[taps].max(1)   # (out,)
+        return _axis(self.rf + (kernel - 1) * dilation * self.jump, self.jump * stride,
+                     self.start - padding * self.jump, first, last)
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """Per-axis geometry (``h``: rows, ``w``: columns) of a feature map over an ``image_hw`` input."""
+    """Per-axis geometry (``h``: rows, ``w``: columns) of a feature map."""
 
     h: Axis
     w: Axis
@@ -87,6 +136,11 @@ class Geometry:
     @property
     def start(self) -> tuple[int, int]:
         return self.h.start, self.w.start
+
+    @property
+    def blind(self) -> bool:
+        """Whether some unit sees no pixel."""
+        return self.h.blind or self.w.blind
 
     def box(self, row: int, col: int, image_hw: Sequence[int] | None = None) -> "Box":
         """The clipped input box of unit (row, col)."""
@@ -125,9 +179,9 @@ def receptive_boxes(geometry, rows, cols, image_hw: Sequence[int] | None = None)
 
     ``geometry`` is a :class:`Geometry` or anything with a ``.geometry`` (a summary row);
     ``rows``/``cols`` are broadcastable ints, lists or tensors of unit positions (on any device).
-    Boxes are clipped to the pixels the layer can see (``lo..hi``, inside the image) and, when
-    ``image_hw`` is given, to ``[0, H) x [0, W)`` as well. Pure arithmetic: no forward pass, so it is
-    cheap for the thousands of patches a top-9 search crops.
+    Boxes are exact (the pixels that reach each unit), and clipped to ``[0, H) x [0, W)`` when
+    ``image_hw`` is given; a unit that sees no pixel gets ``[0, 0, 0, 0]``. A table lookup: no
+    forward pass, so it is cheap for the thousands of patches a top-9 search crops.
     """
     geo = getattr(geometry, "geometry", geometry)
     if not isinstance(geo, Geometry):
@@ -137,42 +191,47 @@ def receptive_boxes(geometry, rows, cols, image_hw: Sequence[int] | None = None)
     rows, cols = torch.broadcast_tensors(rows.to(torch.int64), cols.to(device=rows.device, dtype=torch.int64))
     limit = tuple(image_hw) if image_hw is not None else (geo.h.hi + 1, geo.w.hi + 1)
     edges = []
-    for axis, units, size in ((geo.h, rows, limit[0]), (geo.w, cols, limit[1])):
-        first = axis.start + units * axis.jump                                  # (...)
-        low, high = max(axis.lo, 0), min(axis.hi + 1, int(size))
-        edges.append((first.clamp(low, high), (first + axis.rf).clamp(low, high)))
+    for name, axis, units, size in (("rows", geo.h, rows, limit[0]), ("cols", geo.w, cols, limit[1])):
+        n = len(axis.first)
+        if n > 1 and units.numel() and not (0 <= int(units.min()) and int(units.max()) < n):
+            raise expect(name, f"unit positions in 0..{n - 1}", units.tolist())
+        index = units if n > 1 else torch.zeros_like(units)                      # (...)
+        first = torch.tensor(axis.first, device=units.device)[index]
+        last = torch.tensor(axis.last, device=units.device)[index]
+        edges.append((first.clamp(0, int(size)), (last + 1).clamp(0, int(size))))
     (top, bottom), (left, right) = edges
-    return torch.stack([top, left, bottom, right], dim=-1)                      # (..., 4)
+    seen = (top < bottom) & (left < right)                                      # (...)
+    return torch.stack([top, left, bottom, right], dim=-1) * seen[..., None]    # (..., 4)
 
 
 # -- composition rules used by the tracer -------------------------------------------------------------
-def whole(axis: Axis, units: int) -> Axis:
+def whole(axis: Axis) -> Axis:
     """One field covering every unit of an axis (flatten, FC, global pooling): ``jump`` 0."""
-    first, last = axis.span(units)
-    return Axis(max(last - first + 1, 0), 0, first, first, last)
+    lo, hi = axis.lo, axis.hi
+    return Axis(max(hi - lo + 1, 0), 0, lo, (lo,), (hi,))
 
 
 def union(parts: Sequence[tuple[Axis, int]], units: int) -> Axis | None:
-    """The field of an element-wise op over inputs ``(axis, units along it)``; ``None`` if not affine.
+    """The field of an element-wise op over inputs ``(axis, units along it)`` (``units`` or 1, broadcast);
+    ``None`` where the textbook numbers cannot describe it.
 
-    Inputs with the output's jump contribute their per-unit boxes; inputs that are constant along the
-    axis (one unit, broadcast, or jump 0) contribute a fixed box, which is allowed when it covers the
-    per-unit boxes of every output unit (a squeeze-excitation gate) or when nothing moves. Inputs
-    that see different ``lo..hi`` ranges are merged to the widest (a bounding box, never too small).
+    Each output unit sees the union of what its inputs' units see. The textbook numbers come from the
+    inputs with the output's jump (their spans' union); inputs constant along the axis (one unit,
+    broadcast, or jump 0) are allowed when their box covers everything the moving ones see (a
+    squeeze-excitation gate) or when nothing moves.
     """
     if all(a == parts[0][0] for a, _ in parts):
         return parts[0][0]
+    first = np.min([a.bounds(units)[0] for a, _ in parts], axis=0)             # (units,)
+    last = np.max([a.bounds(units)[1] for a, _ in parts], axis=0)
     moving = [a for a, n in parts if n > 1 and a.jump > 0]
-    fixed = [a.span(1) for a, n in parts if not (n > 1 and a.jump > 0)]    # (first, last) boxes
+    fixed = [a for a, n in parts if not (n > 1 and a.jump > 0)]
     if len({a.jump for a in moving}) > 1:
         return None
-    if moving:
-        start, end = min(a.start for a in moving), max(a.start + a.rf - 1 for a in moving)
-        result = Axis(end - start + 1, moving[0].jump, start, min(a.lo for a in moving), max(a.hi for a in moving))
-        if not fixed:
-            return result
-        first, last = result.span(units)
-        if not all(f <= first and l >= last for f, l in fixed):
-            return None
-    first, last = min(f for f, _ in fixed), max(l for _, l in fixed)
-    return Axis(last - first + 1, 0, first, first, last)
+    if moving and not fixed:
+        start = min(a.start for a in moving)
+        return _axis(max(a.start + a.rf for a in moving) - start, moving[0].jump, start, first, last)
+    if moving and not all(f.lo <= min(a.lo for a in moving) and f.hi >= max(a.hi for a in moving) for f in fixed):
+        return None
+    result = _axis(0, 0, 0, first, last)
+    return _axis(max(result.hi - result.lo + 1, 0), 0, result.lo, first, last)

@@ -3,7 +3,8 @@
 ``receptive_field(model, "conv5_3", (0, 0))`` returns a :class:`~convlens.arch.geometry.Box`
 (half-open, clipped to the image). Two methods that must agree:
 
-* ``"analytic"`` -- the summary's op-by-op geometry (``rf``, ``jump``, ``start``; Araujo et al. 2019);
+* ``"analytic"`` -- the summary's op-by-op geometry (Araujo et al. 2019), which carries each unit's first
+  and last pixel per axis, so border units are exact too (see :mod:`.geometry`);
 * ``"probe"`` -- backpropagate the unit to the input and take the bounding box of the gradient's
   support: exact for any graph. A plain gradient would miss pixels (a max-pool routes it to one
   argmax per window, dead ReLUs drop it), so the probe linearizes the network first: parameters
@@ -16,6 +17,9 @@
   shrink a gradient it is reset to 0/1, so faint paths (the corners of a deep field) cannot underflow.
   The probe runs on the model's device in its dtype (float32 for half precision; CPU for a model on
   the meta device).
+
+Both refuse a model with a TorchScript module: no hook and no ``TorchFunctionMode`` sees into compiled
+code, so neither the trace nor the linearization could reach it.
 
 For many units of one layer (top-9 patch cropping) use :func:`receptive_boxes` with a summary row.
 """
@@ -32,8 +36,9 @@ from torch.utils._pytree import tree_leaves
 
 from ..errors import ConvLensError, InputError, ShapeError, expect
 from ..layers import resolve
+from ..taps import scripted_path, torchscript_error
 from .geometry import Box, receptive_boxes  # noqa: F401  (receptive_boxes re-exported)
-from .tracing import _bind, _pair
+from .tracing import _bind, _pair, module_state, trace
 
 METHODS = ("probe", "analytic")
 
@@ -42,8 +47,9 @@ def receptive_field(model: nn.Module | str, layer: str, unit_position: tuple[int
                     input_size: tuple[int, int, int] | None = None, *, method: str = "probe") -> Box:
     """The input box that unit ``(row, col)`` of ``layer``'s output map sees, clipped to the image.
 
-    ``layer`` is a lecture name or module path (``"conv5_3"``, ``"features.28"``); append ``" (2)"``
-    for the second call of a module called twice. ``input_size`` (C, H, W) defaults to the model's.
+    ``layer`` is a lecture name or module path (``"conv5_3"``, ``"features.28"``), or the class name of a
+    bare layer (``"Conv2d"``); append ``" (2)"`` for the second call of a module called twice.
+    ``input_size`` (C, H, W) defaults to the model's.
     """
     from .summary import _check_size, _resolve_model, summary
 
@@ -58,16 +64,20 @@ def receptive_field(model: nn.Module | str, layer: str, unit_position: tuple[int
         input_size = _check_size(model.input_shape)
     m = re.fullmatch(r"(.*) \((\d+)\)", str(layer))
     name, call = (m.group(1), int(m.group(2))) if m else (str(layer), 1)
-    path, module = resolve(model, name)
+    if name == type(model).__name__ and next(model.children(), None) is None:
+        path, module = "", model  # a bare layer: its own row
+    else:
+        path, module = resolve(model, name)
     if method == "analytic":
-        rows = [r for r in summary(model, input_size) if r.path == path and r.call == call]
+        rows = [r for r in summary(model, input_size).rows[1:] if r.path == path and r.call == call]
         if not rows:
             raise InputError(f"layer {layer} is not called {call} time(s) in the forward pass")
         row = rows[0]
         _check_position(unit_position, layer, row.output_shape[:2])
         if row.geometry is None:
             raise ShapeError(f"the receptive field of layer {layer} cannot be computed analytically (an op such as "
-                             "interpolate, flip or a transposed convolution lies on its path); use method='probe'")
+                             "interpolate, flip or a transposed convolution lies on its path, or a sum of branches "
+                             "one of which has units that see nothing); use method='probe'")
         return row.geometry.box(*unit_position, input_size[1:])
     return _probe(model, module, call, str(layer), unit_position, input_size)
 
@@ -89,6 +99,10 @@ class _Stop(Exception):
 
 
 def _probe(model: nn.Module, module: nn.Module, call: int, layer: str, pos, input_size) -> Box:
+    scripted = scripted_path(model)
+    if scripted is not None:
+        raise torchscript_error(scripted, "the probe's linearization (ReLU as the identity, max pooling as mean "
+                                          "pooling) cannot reach into compiled code, so its box could miss pixels")
     ref = next(chain(model.parameters(), model.buffers()), None)
     device = ref.device if ref is not None and not ref.is_meta else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.dtype in (torch.float32, torch.float64) else torch.float32
@@ -103,23 +117,24 @@ def _probe(model: nn.Module, module: nn.Module, call: int, layer: str, pos, inpu
 
     modes = {m: m.training for m in model.modules()}
     handle = module.register_forward_hook(hook)
+    failure = None
     try:
         model.eval()
         with torch.enable_grad(), _Linearize():
-            torch.func.functional_call(model, state, (x,))
+            torch.func.functional_call(model, state, (x,), tie_weights=False)
     except _Stop:
         pass
     except ConvLensError:
         raise
-    except Exception:
-        from .tracing import trace
-
-        trace(model, input_size)  # a forward that does not fit the input: the meta trace names the layer
-        raise
+    except Exception as err:  # noqa: BLE001  (named below)
+        failure = err
     finally:
         handle.remove()
         for m, mode in modes.items():
             m.train(mode)
+    if failure is not None:
+        trace(model, input_size)  # a forward that does not fit the input: the trace names the layer
+        raise failure
     if len(seen) < call:
         raise InputError(f"layer {layer} is called {len(seen)} time(s) in the forward pass, not {call}")
     out = seen[call - 1]
@@ -143,18 +158,18 @@ def _positive_state(model: nn.Module, device, dtype) -> dict[str, torch.Tensor]:
     def const(value, shape):
         return torch.full((), value, device=device, dtype=dtype).expand(shape)
 
-    state = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
+    def stand_in(name: str, t: torch.Tensor):
         leaf = name.rsplit(".", 1)[-1]
-        value = 0.0 if leaf.endswith("bias") else 1.0 / max(p.shape[1:].numel(), 1) if p.dim() >= 2 else 1.0
-        state[name] = const(value, p.shape)
-    for name, b in model.named_buffers(remove_duplicate=False):
-        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(t, nn.Parameter):
+            return const(0.0 if leaf.endswith("bias") else 1.0 / max(t.shape[1:].numel(), 1) if t.dim() >= 2 else 1.0,
+                         t.shape)
         if leaf in ("running_mean", "running_var"):
-            state[name] = const(0.0 if leaf == "running_mean" else 1.0, b.shape)
-        elif b.is_meta:
-            state[name] = torch.zeros(b.shape, device=device, dtype=b.dtype if not b.is_floating_point() else dtype)
-    return state
+            return const(0.0 if leaf == "running_mean" else 1.0, t.shape)
+        if t.is_meta:
+            return torch.zeros(t.shape, device=device, dtype=t.dtype if not t.is_floating_point() else dtype)
+        return None
+
+    return module_state(model, stand_in)
 
 
 def _binarize(grad: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,14 @@ Counting rules (see ``docs/summary.md``):
   activation functions and dropout, which deployed nets (Caffe, torchvision) run in place. This
   reproduces the lecture's memory column;
 * **mult-adds** follow torchinfo: a convolution costs (weights + biases) x output positions, a
-  linear layer (weights + biases) x positions, any other layer with parameters its parameter count;
+  recurrent layer (RNN, LSTM, GRU) its parameters x time steps, a linear layer (weights + biases) x
+  positions (tokens of a sequence), any other layer with parameters its parameter count;
 * **receptive fields** (``rf``, ``jump``, ``start``: first pixel of unit 0's field, not its centre;
   ``lo``/``hi``: the first/last image pixel any unit sees) come from op-by-op geometry, so residual
-  and concatenating graphs are handled (see :mod:`convlens.arch.geometry`).
+  and concatenating graphs are handled, and each unit's box is exact (see :mod:`convlens.arch.geometry`).
+
+A forward that runs only on real tensors is traced by one real forward of a batch of one instead,
+and ``Summary.note`` says so (see :mod:`convlens.arch.tracing`).
 """
 from __future__ import annotations
 
@@ -81,18 +85,27 @@ class SummaryRow:
         return _square((getattr(self.geometry.h, key), getattr(self.geometry.w, key))) if self.geometry else None
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "path": self.path, "type": self.type, "output_shape": list(self.output_shape),
-                "activations": self.activations, "counted": self.counted, "bytes": self.bytes,
-                "weights": self.weights, "biases": self.biases, "params": self.params, "macs": self.macs,
-                "rf": _json(self.rf), "jump": _json(self.jump), "start": _json(self.start),
-                "lo": _json(self._bound("lo")), "hi": _json(self._bound("hi")), "call": self.call}
+        d = {"name": self.name, "path": self.path, "type": self.type, "output_shape": list(self.output_shape),
+             "activations": self.activations, "counted": self.counted, "bytes": self.bytes,
+             "weights": self.weights, "biases": self.biases, "params": self.params, "macs": self.macs,
+             "rf": _json(self.rf), "jump": _json(self.jump), "start": _json(self.start),
+             "lo": _json(self._bound("lo")), "hi": _json(self._bound("hi")), "call": self.call}
+        axes = (self.geometry.h, self.geometry.w) if self.geometry else ()
+        if any(a != Axis.affine(a.rf, a.jump, a.start, a.lo, a.hi, len(a.first)) for a in axes):
+            d["edges"] = [[list(a.first), list(a.last)] for a in axes]  # exact per-unit bounds, where not affine
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "SummaryRow":
         geo = None
-        if d.get("rf") is not None:
+        if d.get("edges"):
+            rf, jump, start = (_pair(d[k]) for k in ("rf", "jump", "start"))
+            geo = Geometry(*(Axis(rf[i], jump[i], start[i], tuple(first), tuple(last))
+                             for i, (first, last) in enumerate(d["edges"])))
+        elif d.get("rf") is not None:
             rf, jump, start, lo, hi = (_pair(d[k]) for k in ("rf", "jump", "start", "lo", "hi"))
-            geo = Geometry(*(Axis(rf[i], jump[i], start[i], lo[i], hi[i]) for i in range(2)))
+            units = [d["output_shape"][i] if jump[i] else 1 for i in range(2)]
+            geo = Geometry(*(Axis.affine(rf[i], jump[i], start[i], lo[i], hi[i], units[i]) for i in range(2)))
         return cls(d["name"], d.get("path", ""), d["type"], tuple(d["output_shape"]), d["activations"],
                    d.get("counted", True), d.get("bytes", 0), d["weights"], d["biases"], d["macs"], geo,
                    d.get("call", 1))
@@ -112,6 +125,7 @@ class Summary:
     total_weights: int                  # parameters without biases (the lecture's count)
     trainable_params: int
     param_bytes: int
+    note: str = ""                      # how the forward was traced, when not on the meta device
 
     @property
     def total_biases(self) -> int:
@@ -163,7 +177,7 @@ class Summary:
                 "total_biases": self.total_biases, "trainable_params": self.trainable_params,
                 "param_bytes": self.param_bytes, "total_activations": self.total_activations,
                 "total_macs": self.total_macs, "forward_bytes": self.forward_bytes,
-                "backward_bytes": self.backward_bytes}
+                "backward_bytes": self.backward_bytes, "note": self.note}
 
     def to_json(self, indent: int | None = 2) -> str:
         """JSON text; with ``indent``, one line per layer (readable and diffable)."""
@@ -186,7 +200,7 @@ class Summary:
             raise InputError(f"a summary file must have schema {SCHEMA!r}; got {d.get('schema')!r}")
         return cls(d["model"], tuple(d["input_size"]), d["batch_size"], d["dtype"], d["bytes_per_value"],
                    tuple(SummaryRow.from_dict(r) for r in d["layers"]), d["total_params"], d["total_weights"],
-                   d["trainable_params"], d["param_bytes"])
+                   d["trainable_params"], d["param_bytes"], d.get("note", ""))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Summary":
@@ -208,7 +222,9 @@ def summary(model: nn.Module | str, input_size: tuple[int, int, int] | None = No
 
     ``input_size`` is (C, H, W); it defaults to the model's ``input_shape`` (grammar and zoo models).
     ``dtype`` (default: the model's floating dtype) sets the bytes per value. Nothing is allocated
-    beyond meta tensors, and the model is left as found (mode, hooks, parameters, devices).
+    beyond meta tensors, except for a forward that runs only on real tensors: then one real forward of
+    a batch of one runs instead, and ``note`` says so. The model is left as found (mode, hooks,
+    parameters, devices).
     """
     if input_size is not None:
         input_size = _check_size(input_size)
@@ -223,16 +239,17 @@ def summary(model: nn.Module | str, input_size: tuple[int, int, int] | None = No
     dtype = _dtype(model, dtype)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise InputError(f"{type(model).__name__} has uninitialized (lazy) parameters; run one forward pass first")
-    x, calls = trace(model, input_size, batch_size=batch_size, dtype=dtype)
-    return Summary(label, input_size, batch_size, str(dtype).replace("torch.", ""), x.element_size(),
-                   tuple(_rows(model, x, calls, batch_size)), *_totals(model))
+    traced = trace(model, input_size, batch_size=batch_size, dtype=dtype)
+    return Summary(label, input_size, batch_size, str(dtype).replace("torch.", ""), dtype.itemsize,
+                   tuple(_rows(model, traced.input, traced.calls, dtype.itemsize)), *_totals(model), traced.note)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-def _rows(model: nn.Module, x: torch.Tensor, calls: list[Call], batch: int) -> list[SummaryRow]:
+def _rows(model: nn.Module, x: torch.Tensor, calls: list[Call], itemsize: int) -> list[SummaryRow]:
+    """The input row, then one row per call; ``itemsize`` bytes per floating value."""
     shown = display_names(model)
-    c, h, w = x.shape[1:]
-    rows = [SummaryRow("input", "", "Input", (h, w, c), c * h * w, True, c * h * w * x.element_size(), 0, 0, 0,
+    batch, c, h, w = x.shape
+    rows = [SummaryRow("input", "", "Input", (h, w, c), c * h * w, True, c * h * w * itemsize, 0, 0, 0,
                        Geometry(Axis.image(h), Axis.image(w)))]
     seen: set[int] = set()
     for call in calls:
@@ -243,12 +260,12 @@ def _rows(model: nn.Module, x: torch.Tensor, calls: list[Call], batch: int) -> l
                 seen.add(id(p))
                 biases += p.numel() if name.endswith("bias") else 0
                 weights += 0 if name.endswith("bias") else p.numel()
-        name = shown.get(call.path, call.path) + (f" ({call.call})" if call.call > 1 else "")
+        name = (shown.get(call.path) or type(module).__name__) + (f" ({call.call})" if call.call > 1 else "")
         n = out.numel() // batch if out is not None else 0
         counted = out is not None and not _aliases(out, call.inputs) and not isinstance(module, IN_PLACE_KINDS)
-        rows.append(SummaryRow(name, call.path, type(module).__name__, _hwc(out), n, counted,
-                               n * (out.element_size() if out is not None else 0), weights, biases,
-                               _macs(module, out, batch), call.geometry, call.call))
+        size = 0 if out is None else itemsize if out.is_floating_point() else out.element_size()
+        rows.append(SummaryRow(name, call.path, type(module).__name__, _hwc(out), n, counted, n * size, weights,
+                               biases, _macs(module, out, batch), call.geometry, call.call))
     return rows
 
 
@@ -267,6 +284,8 @@ def _macs(module: nn.Module, out: torch.Tensor | None, batch: int) -> int:
         return 0
     if "Conv" in type(module).__name__:
         return n * prod(out.shape[2:])                      # every output position applies the kernel
+    if isinstance(module, nn.RNNBase):                      # every time step applies every weight
+        return n * out.shape[1 if module.batch_first and out.dim() == 3 else 0]
     if isinstance(module, nn.Linear):
         return n * (out.numel() // (batch * out.shape[-1]))  # tokens for (N, T, F) inputs; 1 for (N, F)
     return n

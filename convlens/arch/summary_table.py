@@ -24,7 +24,7 @@ def render(s) -> str:
         + (f"; batch {s.batch_size}: {_bytes(s.forward_bytes + s.backward_bytes)}" if s.batch_size > 1 else ""),
         f"mult-adds: {s.total_macs:,} per image ({s.total_macs / 1e9:,.2f} G)",
         "(n): not counted (in place, a view, or an element-wise activation/dropout); start: unit 0's first pixel",
-    ]
+    ] + ([f"note: {s.note}"] if s.note else [])
     return "\n".join([lines[0], rule, *lines[1:], rule, *totals])
 
 
