@@ -10,8 +10,9 @@ shapesnet (``runs/demo``, else random weights) on one 64x64 test image, a 16x16 
   timed run each after a warm-up); the fastest k is the peer. Its per-position P(target) is read from
   the batches ``f`` sees (Captum evaluates positions column by column).
 * convlens: ``occlusion(model, x, target=t, window=w, stride=s, baseline=0)`` -- exact incremental
-  inference, including its one re-checked position -- and ``method="approximate"`` (default ``tau``,
-  two re-checked positions, falls back to exact above ``max_error=0.02``).
+  inference, including its one re-checked position -- and ``method="approximate"`` (default ``tau``;
+  its error verified exactly on a sample covering the map, recomputed exactly when it cannot be kept
+  within ``max_error=0.02``; ``used`` says which, with the bound and how many positions were verified).
 
 ``ratio`` = Captum's time / convlens's time (higher: convlens faster). ``max_abs_dP`` compares each
 convlens map with Captum's per-position P(target); ``max_abs_dattr`` compares Captum's attribution
@@ -95,7 +96,8 @@ def _case(name, model, x, window, stride, source):
                      "convlens_s": ours_s, "peer": f"captum Occlusion (ppe={ppe})", "peer_s": peer_s,
                      "ratio": peer_s / ours_s, "max_abs_dP": float(np.abs(m.p_target - p_peer).max()),
                      "max_abs_dattr": float(np.abs(_attribution(m, x.shape[-2:]) - attr_peer).max()),
-                     "used": m.method + (f" (tau={m.tau}, measured err {m.approx_error:.2g})"
+                     "used": m.method + (f" (tau={m.tau}, {m.bound} bound {m.approx_error:.2g}, "
+                                         f"{int(m.verified.sum())}/{m.p_target.size} verified)"
                                          if m.approx_error is not None else ""),
                      "threads": torch.get_num_threads(),
                      "goal": ("" if "vgg" not in name else ">= 4x" if method == "incremental" else

@@ -188,14 +188,16 @@ def test_approximate_mode_reports_its_error():
     x = _image((3, 32, 32), seed=4)
     p, _ = naive(model, x, 8, 4)
     n = p.shape[0] * p.shape[1]
-    everywhere = occlusion(model, x, window=8, stride=4, method="approximate", tau=0.3, check=n)
+    everywhere = occlusion(model, x, window=8, stride=4, method="approximate", tau=0.3, check=n)  # every block
     true_error = np.abs(everywhere.p_target - p[..., everywhere.target]).max()
-    assert everywhere.method == "approximate" and everywhere.tau == 0.3
-    assert everywhere.approx_error == pytest.approx(true_error, abs=1e-9)  # measured at every position
-    sampled = occlusion(model, x, window=8, stride=4, method="approximate", tau=0.3)  # 4 positions
-    assert sampled.approx_error <= true_error + 1e-9
+    assert everywhere.method == "approximate" and everywhere.tau == 0.3 and everywhere.bound == "guaranteed"
+    assert everywhere.approx_error == pytest.approx(true_error, abs=1e-9)  # measured at every truncated position
+    sampled = occlusion(model, x, window=8, stride=4, method="approximate", tau=0.3)
+    assert sampled.bound == "sampled" and sampled.verified.sum() < n
+    assert sampled.verified_error <= true_error + 1e-9 <= sampled.approx_error
     exact = occlusion(model, x, window=8, stride=4, method="approximate", tau=1.0, check=0)
     np.testing.assert_allclose(exact.p_target, p[..., exact.target], atol=1e-5)  # tau=1 caps nothing
+    assert exact.approx_error is None and "not verified" in exact.note
     strict = occlusion(model, x, window=8, stride=4, method="approximate", tau=0.2, max_error=1e-9)
     assert strict.method == "incremental" and "recomputed exactly" in strict.note and strict.approx_error is None
     np.testing.assert_allclose(strict.p_target, p[..., strict.target], atol=1e-5)
@@ -212,7 +214,7 @@ def test_run_targets_by_name_batches_and_model_left_as_found(small_run):
     maps = occlusion(small_run, x, target="7", window=6, stride=5, layer="conv2")
     assert isinstance(maps, list) and len(maps) == 2 and all(m.target == 7 and m.name(7) == "7" for m in maps)
     model.eval()
-    assert_matches(maps[1], model, x[1], 6, 5, 0.0, "net.features.conv2")
+    assert_matches(maps[1], model, x[1], 6, 5, 0.5, "net.features.conv2")  # a Run's default: the grey square
     model.train()
     with pytest.raises(InputError, match="unit"):
         occlusion(small_run, x[0], window=6, stride=5, layer="conv2", unit=99)
@@ -275,6 +277,27 @@ def test_cli_saves_maps_and_report_section_reads_them(small_run, capsys):
     assert err.value.code == 2
 
 
+def test_report_states_the_approximate_bound(small_run, tmp_path):
+    import shutil
+
+    from convlens.report.context import ReportContext
+    from convlens.report.sections.occlusion import occlusion as section
+    from convlens.visualize.occlusion import save_maps
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run.dir, run, ignore=shutil.ignore_patterns("results", "report"))
+    x = _image((1, 16, 16), seed=3)
+    kept = occlusion(small_run, x, window=4, stride=2, method="approximate", tau=0.2, max_error=1.0)
+    assert kept.method == "approximate" and kept.bound in ("guaranteed", "sampled")
+    save_maps([kept], run / "results" / "occlusion.json")
+    text = " ".join(getattr(b, "text", "") for b in section(ReportContext(convlens.load_run(run), run / "r")).blocks)
+    assert f"|ΔP(target)| ≤ {kept.approx_error:.3g} against the exact map, {kept.bound}" in text
+    exact = occlusion(small_run, x, window=4, stride=2, method="approximate", tau=0.2)  # off: recomputed exactly
+    save_maps([exact], run / "results" / "occlusion.json")
+    text = " ".join(getattr(b, "text", "") for b in section(ReportContext(convlens.load_run(run), run / "r")).blocks)
+    assert exact.method == "incremental" and "Approximate mode" not in text and "recomputed exactly" in text
+
+
 def test_cli_on_an_image_file(small_run, tmp_path, capsys):
     import json
 
@@ -303,3 +326,16 @@ def test_demo_model_exact_and_approximate_within_its_bound(demo_run_dir):
     error = np.abs(approx.p_target - p[..., approx.target]).max()
     assert error <= 0.02 + 1e-6  # every position checked: within max_error, or recomputed exactly
     assert approx.method == "incremental" or approx.approx_error == pytest.approx(error, abs=1e-6)
+
+
+def test_the_default_baseline_is_grey_for_a_run_as_in_the_cli(small_run, gray_net):
+    """Python and CLI agree on a Run (0.5: grey in its [0, 1] pixels); a bare module gets 0, the mean of
+    normalized input."""
+    import inspect
+
+    from convlens.cli.occlusion_cmds import occlusion_cmd
+
+    cli_default = inspect.signature(occlusion_cmd).parameters["baseline"].default.default
+    x = _image((1, 16, 16), seed=2)
+    assert occlusion(small_run, x, window=6, stride=5).baseline == (cli_default,) == (0.5,)
+    assert occlusion(gray_net, _image((1, 20, 28)), window=6, stride=4).baseline == (0.0,)

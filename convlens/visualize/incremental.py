@@ -21,8 +21,10 @@ to float rounding (checked against a naive loop in the tests).
 
 Approximate mode (Krypton's projective-field threshold ``tau``): a layer's box may grow beyond what
 the stride alone gives only up to ``tau`` of the map (per axis), centred on the true box; changes
-outside it are dropped (taken as unoccluded). Smaller ``tau`` is faster and less exact; the caller
-measures the error at a few positions against full forwards.
+outside it are dropped (taken as unoccluded). Smaller ``tau`` is faster and less exact.
+``Incremental.kept`` (P,) says how much each position kept: per cut box, the share of the units the
+position may change that lie inside it, multiplied over the layers; 1 means nothing was dropped, so
+that position is exact. The caller verifies the others (:mod:`.occlusion`).
 """
 from __future__ import annotations
 
@@ -125,6 +127,7 @@ class Incremental:
         self.positions, self.rho, self.tau = np.asarray(positions, dtype=np.int64), rho, tau
         hw = tuple(self.nodes[graph.input].base.shape[-2:])
         self.box = (min(window, hw[0]), min(window, hw[1]))
+        self.kept = np.ones(len(self.positions))  # (P,) share of its changed units each position keeps (tau)
         self.regions: dict[int, Region] = {graph.input: self._threshold(Region(self.positions.copy(), self.box, hw))}
         self.steps = [self._plan(i, op) for i, op in enumerate(graph.ops) if op.dynamic]
         self.last_use: dict[int, int] = {}
@@ -222,7 +225,7 @@ class Incremental:
         n = len(self.positions)
         if r is None or r.full:
             return Region.whole(n_out, n)
-        los, size = [], []
+        los, size, kept = [], [], np.ones(n)
         for i in range(2):
             k, s, d, p = win.k[i], win.s[i], win.d[i], win.pad[2 * i]
             a, span = r.lo[:, i], r.size[i]
@@ -231,12 +234,19 @@ class Incremental:
             m = max(1, int((last - first + 1).max()))
             if self.tau is not None:
                 cap = max(math.ceil(self.tau * n_out[i]), math.ceil(span / s))
-                if m > cap:
-                    first, m = (first + last + 1) // 2 - cap // 2, cap
+                if m > cap:  # the units [first, last] may change; those outside [lo, lo + cap) are dropped
+                    lo = np.clip((first + last + 1) // 2 - cap // 2, 0, n_out[i] - cap)
+                    changed = np.maximum(last + 1 - first, 0)
+                    inside = np.clip(np.minimum(last + 1, lo + cap) - np.maximum(first, lo), 0, changed)
+                    kept *= np.where(changed > 0, inside / np.maximum(changed, 1), 1.0)
+                    first, m = lo, cap
             m = min(m, n_out[i])
             los.append(np.clip(first, 0, n_out[i] - m))
             size.append(m)
-        return self._threshold(Region(np.stack(los, axis=1), (size[0], size[1]), tuple(n_out)))
+        region = self._threshold(Region(np.stack(los, axis=1), (size[0], size[1]), tuple(n_out)))
+        if not region.full:  # (a whole map drops nothing)
+            self.kept *= kept
+        return region
 
     def _plan_pointwise(self, index, op, out) -> Step | None:
         name = op.name

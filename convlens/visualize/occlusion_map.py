@@ -39,12 +39,16 @@ class OcclusionMap:
     activation_clean: float | None = None
     method: str = "incremental"
     note: str = ""
-    approx_error: float | None = None
+    approx_error: float | None = None  # approximate: bound on |delta P(target)| over the map (see ``bound``)
     tau: float | None = None
     image: np.ndarray | None = field(default=None, compare=False)  # (C, H, W) as given to the model
     label: int | None = None        # the image's true class, when known
     index: int | None = None        # its row in a dataset, when it came from one
     model: str = ""
+    bound: str | None = None        # approximate: "guaranteed" or "sampled" (what approx_error means)
+    verified_error: float | None = None  # approximate: the largest |delta P(target)| at the verified positions
+    verified: np.ndarray | None = None   # (R, Q) bool: positions recomputed exactly to measure the error
+    truncated: np.ndarray | None = None  # (R, Q) bool: positions where some layer's patch was cut short
 
     @property
     def positions(self) -> np.ndarray:
@@ -66,8 +70,10 @@ class OcclusionMap:
             lines.append(f"  {self.layer} unit {self.unit}: total activation {self.activation_clean:.4g} unoccluded, "
                          f"{self.activation.min():.4g} … {self.activation.max():.4g} occluded")
         if self.approx_error is not None:
-            lines.append(f"  approximate (tau={self.tau}): max |ΔP(target)| {self.approx_error:.2e} at the checked "
-                         "positions")
+            checked = f"{int(self.verified.sum())} of {int(self.truncated.sum())} truncated positions verified exactly"
+            lines.append(f"  approximate (tau={self.tau}): |ΔP(target)| <= {self.approx_error:.2e}, {self.bound} "
+                         f"({checked}, largest error there {self.verified_error:.2e}"
+                         + ("; extrapolated to the others)" if self.bound == "sampled" else ")"))
         if self.note:
             lines.append(f"  note: {self.note}")
         return "\n".join(lines)
@@ -82,18 +88,23 @@ class OcclusionMap:
                 "cols": self.cols.tolist(), "p_target": self.p_target.tolist(), "top_class": self.top_class.tolist(),
                 "top_prob": self.top_prob.tolist(),
                 "activation": None if self.activation is None else self.activation.tolist(),
+                "bound": self.bound, "verified_error": self.verified_error,
+                "verified": None if self.verified is None else self.verified.tolist(),
+                "truncated": None if self.truncated is None else self.truncated.tolist(),
                 "image_shape": None if self.image is None else list(self.image.shape)}
 
     @classmethod
     def from_dict(cls, d: dict, image: np.ndarray | None = None) -> "OcclusionMap":
-        act = d.get("activation")
+        act, verified, truncated = d.get("activation"), d.get("verified"), d.get("truncated")
         return cls(np.asarray(d["p_target"], float), np.asarray(d["top_class"], int), np.asarray(d["top_prob"], float),
                    None if act is None else np.asarray(act, float), np.asarray(d["rows"], int),
                    np.asarray(d["cols"], int), int(d["window"]), int(d["stride"]), tuple(d["baseline"]),
                    int(d["target"]), float(d["p_clean"]), int(d["clean_class"]), tuple(d.get("class_names", ())),
                    d.get("layer"), d.get("unit"), d.get("activation_clean"), d.get("method", "incremental"),
                    d.get("note", ""), d.get("approx_error"), d.get("tau"), image, d.get("label"), d.get("index"),
-                   d.get("model", ""))
+                   d.get("model", ""), d.get("bound"), d.get("verified_error"),
+                   None if verified is None else np.asarray(verified, bool),
+                   None if truncated is None else np.asarray(truncated, bool))
 
     def save(self, path: str | Path) -> Path:
         """``path`` (JSON: everything but the image) and ``path`` with suffix ``.npz`` (the maps and image)."""

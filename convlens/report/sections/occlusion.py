@@ -45,9 +45,13 @@ def occlusion(ctx) -> Section | None:
     notes = [m.note for m in maps if m.note]
     text = ("The square has value " + ", ".join(f"{v:g}" for v in sorted(set(first.baseline)))
             + " in [0, 1] pixel units (before the run's normalization).")
-    if any(m.approx_error is not None for m in maps):
-        text += (" Approximate mode: the largest |ΔP(target)| measured against full forwards at the checked "
-                 f"positions is {max(m.approx_error or 0.0 for m in maps):.3g}.")
+    approx = [m for m in maps if m.approx_error is not None]
+    if approx:
+        worst = max(approx, key=lambda m: m.approx_error)
+        text += (f" Approximate mode: |ΔP(target)| ≤ {worst.approx_error:.3g} against the exact map, "
+                 + ("guaranteed (every truncated position verified exactly)" if worst.bound == "guaranteed" else
+                    f"sampled ({int(worst.verified.sum())} positions verified exactly, extrapolated to the rest)")
+                 + ".")
     if notes:
         text += " " + notes[0]
     blocks.append(Text(text))
