@@ -268,7 +268,7 @@ def test_cli_prints_the_table_and_saves_figure_and_json(small_run, tmp_path, cap
     shutil.copytree(small_run.dir, run_dir, ignore=shutil.ignore_patterns("results", "report"))
     main(["filters", str(run_dir)])
     out = capsys.readouterr().out
-    assert "conv3" in out and "verdict" in out and "figure:" in out
+    assert "conv3" in out and "verdict" in out and "saved:" in out
     assert (run_dir / "results" / "filters-conv1.png").read_bytes()[:8] == PNG
     assert FilterResult.load(run_dir / "results" / "filters.json").layer == "conv1"
     main(["filters", str(run_dir), "--layer", "conv2", "--out", str(tmp_path / "c2.png"), "--json"])

@@ -13,6 +13,7 @@ import typer
 
 from .app import app
 from .inversion_cmds import _save_png, load_inputs
+from .output import echo_saved, show_progress
 
 SWEEP_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
@@ -93,14 +94,20 @@ def adversarial_cmd(
         rows = pick_images(loaded, 4, avoid=_class(loaded, tgt))
     x, labels, indices = load_inputs(loaded, image, rows)
     result, swept = run_adversarial(loaded, x, labels, tgt, method=method, eps=eps, steps=steps, c=c,
-                                    indices=indices, sweep=sweep, progress=not quiet)
+                                    indices=indices, sweep=sweep, progress=show_progress(quiet))
     if as_json:
         typer.echo(json.dumps(result.to_dict() | ({"sweep": swept.to_dict()} if swept else {}), indent=2))
-        return
-    typer.echo(repr(result))
-    if swept is not None:
-        typer.echo("untargeted FGSM accuracy: " + ", ".join(f"eps {255 * e:g}/255: {100 * a:.1f}%"
-                                                            for e, a in zip(swept.eps, swept.accuracy)))
+    else:
+        typer.echo(repr(result))
+        if swept is not None:
+            typer.echo("untargeted FGSM accuracy: " + ", ".join(f"eps {255 * e:g}/255: {100 * a:.1f}%"
+                                                                for e, a in zip(swept.eps, swept.accuracy)))
+    if loaded.dir is not None:
+        results = Path(loaded.dir) / "results"
+        saved = [f"{results / 'adversarial.json'} (+ .npz, .png)"]
+        if swept is not None:
+            saved.append(f"{results / 'fgsm-sweep.json'} (+ .png)")
+        echo_saved(*saved, as_json=as_json)
 
 
 def _target(run, target: str | None, method: str):

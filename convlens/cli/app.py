@@ -1,32 +1,61 @@
-"""The Typer app every command module registers on; `main` turns ConvLensErrors into messages."""
+"""The Typer app every command module registers on; `main` turns ConvLensErrors and Ctrl-C into messages."""
 from __future__ import annotations
 
 import sys
 
 import typer
 
+from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from ..errors import ConvLensError
 
+# Commands that keep what they finished (checkpoints, caches, done steps): run again, they resume.
+RESUMABLE = {"train", "demo", "ablate", "codes", "neighbors", "tsne"}
+
+
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, carried past Typer (which would turn it into a silent exit 130)."""
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+
 app = typer.Typer(
     name="convlens",
     help="Understand and visualize convolutional neural networks.",
+    cls=_Commands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
+def _resumable(args: list[str]) -> bool:
+    """Whether the command line ``args`` resumes when run again (top-patches only with --out)."""
+    name = args[0] if args else ""
+    return name in RESUMABLE or (name == "top-patches" and any(a.split("=")[0] == "--out" for a in args))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: a ConvLensError prints its message and exits 2, no traceback."""
-    from ..heap import keep_heap
-    from . import commands  # noqa: F401  (registers every command on `app`)
-
-    keep_heap()  # per-step tensors reuse the heap instead of page-faulting (glibc; a no-op elsewhere)
-
+    """Console-script entry point: a ConvLensError prints its message and exits 2, no traceback; Ctrl-C
+    prints "interrupted" (with how to resume, where the command can) and exits 130."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=argv, standalone_mode=False)  # returns a command's typer.Exit code
+        from ..heap import keep_heap
+        from . import commands  # noqa: F401  (registers every command on `app`)
+
+        keep_heap()  # per-step tensors reuse the heap instead of page-faulting (glibc; a no-op elsewhere)
+        code = app(args=args, standalone_mode=False)  # returns a command's typer.Exit code
+    except (_Interrupted, KeyboardInterrupt):
+        print("interrupted" + ("; run the same command again to resume" if _resumable(args) else ""),
+              file=sys.stderr)
+        raise SystemExit(130)
     except ConvLensError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)

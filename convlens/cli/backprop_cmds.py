@@ -14,6 +14,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved
 
 METHODS = ("saliency", "deconvnet", "guided")
 
@@ -65,16 +66,16 @@ def compute(run, *, image: Optional[Path] = None, indices: Optional[List[int]] =
                    data=f"{getattr(data, 'name', 'data')} (test split)")
 
 
-def save(run, result, method: str = "saliency", figure: Optional[Path] = None) -> Path:
-    """``RUN/results/saliency.json/.npz`` and the ``method`` figure; returns the figure's path."""
+def save(run, result, method: str = "saliency", figure: Optional[Path] = None) -> tuple[Path, Path]:
+    """``RUN/results/saliency.json/.npz`` and the ``method`` figure; returns (the JSON's path, the figure's)."""
     from ..io import atomic_write_bytes
     from ..plots.common import to_png
 
     results = Path(run.dir) / "results"
-    result.save(results / "saliency.json")
+    saved = result.save(results / "saliency.json")
     figure = figure or results / f"saliency-{method}.png"
     atomic_write_bytes(figure, to_png(result.plot(method)))
-    return figure
+    return saved, figure
 
 
 @app.command("saliency")
@@ -101,9 +102,9 @@ def saliency_cmd(
         raise InputError(f"RUN must be a run directory (results are saved inside it); got {run}")
     chosen = int(target) if target is not None and target.lstrip("-").isdigit() else target
     result = compute(loaded, image=image, indices=index, target=chosen, n=n)
-    path = save(loaded, result, method, out)
+    saved, figure = save(loaded, result, method, out)
     typer.echo(repr(result))
-    typer.echo(f"figure: {path}")
+    echo_saved(f"{saved} (+ .npz)", figure)
 
 
 def demo_saliency(run) -> None:

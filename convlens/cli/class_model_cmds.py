@@ -15,6 +15,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved, show_progress, table
 
 CLASS_MODEL, UNIT_MODEL = "class-model", "unit-model"
 
@@ -39,24 +40,24 @@ def save_result(run, name: str, result, figure, *, schema: str) -> Path | None:
 
 def compute_class_model(run, targets=None, *, n_seeds: int = 3, steps: int = 100, layer: str | None = None,
                         units=None, progress: bool = False):
-    """Class models (or hidden-unit maximizations) of ``run``, saved for the report; returns the result."""
+    """Class models (or hidden-unit maximizations) of ``run``, saved for the report; returns (the result,
+    the saved JSON's path or None)."""
     from ..plots.class_model import class_model_figure
     from ..visualize.class_model import class_model
 
     result = class_model(run, targets, layer=layer, unit=units, n_seeds=n_seeds, steps=steps, progress=progress)
-    save_result(run, UNIT_MODEL if layer else CLASS_MODEL, result, class_model_figure(result),
-                schema="convlens.class_model/1")
-    return result
+    return result, save_result(run, UNIT_MODEL if layer else CLASS_MODEL, result, class_model_figure(result),
+                               schema="convlens.class_model/1")
 
 
 def compute_fooling(run, targets=None, *, method: str = "gradient", progress: bool = False, **options):
-    """Fooling images of ``run`` by ``method``, saved for the report; returns the result."""
+    """Fooling images of ``run`` by ``method``, saved for the report; returns (the result, the saved JSON's
+    path or None)."""
     from ..plots.fooling import fooling_figure
     from ..visualize.fooling import fooling_image
 
     result = fooling_image(run, targets, method=method, progress=progress, **options)
-    save_result(run, fooling_name(method), result, fooling_figure(result), schema="convlens.fooling/1")
-    return result
+    return result, save_result(run, fooling_name(method), result, fooling_figure(result), schema="convlens.fooling/1")
 
 
 def last_conv(run) -> str:
@@ -82,12 +83,13 @@ def demo_class_model(run) -> None:
 
 def demo_fooling(run) -> None:
     """The demo's fooling images: one per class by gradient ascent from noise, and one per class by CPPN
-    evolution (outputs only; 16 mutants per class and generation, at most 300 generations: ~180 on the demo)."""
+    evolution (outputs only; 16 mutants per class and generation), each until every class reaches 99.6% or
+    its budget is spent."""
     from ..training.runs import load_run
 
     run = run if hasattr(run, "pixel_model") else load_run(run)
     compute_fooling(run, method="gradient")
-    compute_fooling(run, method="evolution", generations=300, population=16)
+    compute_fooling(run, method="evolution", population=16)
 
 
 # ---- commands ------------------------------------------------------------------------------------------
@@ -135,21 +137,35 @@ def class_model_cmd(
     units = _units(unit) if layer is not None else None
     if layer is not None and units is None:
         units = list(range(8))
-    result = compute_class_model(loaded, None if layer else _targets(loaded, classes, every), n_seeds=seeds,
-                                 steps=steps, layer=layer, units=units, progress=not quiet)
+    result, saved = compute_class_model(loaded, None if layer else _targets(loaded, classes, every), n_seeds=seeds,
+                                        steps=steps, layer=layer, units=units, progress=show_progress(quiet))
     if as_json:
         typer.echo(json.dumps(to_dict(result, schema="convlens.class_model/1"), indent=2))
-        return
-    typer.echo(repr(result))
+    else:
+        typer.echo(_class_model_text(result, steps))
+    if saved is not None:
+        echo_saved(f"{saved} (+ .npz, .png)", as_json=as_json)
+
+
+def _class_model_text(result, steps: int) -> str:
+    """Per image: class (or unit) and seed, score and P(class) (or activation) before -> after, top-1 or not."""
     info = result.info
-    for i in range(len(result)):
-        if info["kind"] == "class":
-            typer.echo(f"  {info['labels'][i]:>12} seed {info['seeds'][i]}: score {info['score_before'][i]:8.3f} -> "
-                       f"{info['score_after'][i]:8.3f}   P {info['prob_before'][i]:.3f} -> {info['prob_after'][i]:.3f}"
-                       f"   top-1 {'yes' if info['top1'][i] == info['targets'][i] else 'no'}")
-        else:
-            typer.echo(f"  {info['labels'][i]:>12} seed {info['seeds'][i]}: activation "
-                       f"{info['activation_before'][i]:.3f} -> {info['activation_after'][i]:.3f}")
+    seeds = f"{info['n_seeds']} seed{'s' if info['n_seeds'] > 1 else ''}, {steps} steps"
+    if info["kind"] == "unit":
+        rows = [[info["labels"][i], str(info["seeds"][i]),
+                 f"{info['activation_before'][i]:.3f} -> {info['activation_after'][i]:.3f}"]
+                for i in range(len(result))]
+        return (f"hidden-unit maximization: {info['n_targets']} unit{'s' if info['n_targets'] > 1 else ''} x {seeds}\n"
+                + table(["unit", "seed", "activation before -> after"], rows))
+    top1 = [t == c for t, c in zip(info["top1"], info["targets"])]
+    rows = [[info["labels"][i], str(info["seeds"][i]),
+             f"{info['score_before'][i]:.2f} -> {info['score_after'][i]:.2f}",
+             f"{100 * info['prob_before'][i]:.2f}% -> {100 * info['prob_after'][i]:.2f}%",
+             "yes" if top1[i] else "no"] for i in range(len(result))]
+    return (f"class models (Simonyan et al. 2014): {info['n_targets']} class{'es' if info['n_targets'] > 1 else ''} "
+            f"x {seeds}\n"
+            + table(["class", "seed", "score before -> after", "P(class) before -> after", "top-1"], rows)
+            + f"\n  {sum(top1)}/{len(result)} images are classified as their class")
 
 
 @app.command("fooling")
@@ -161,8 +177,10 @@ def fooling_cmd(
                                                             "(outputs only)."),
     encoding: str = typer.Option("cppn", "--encoding", help="evolution: cppn or direct."),
     confidence: float = typer.Option(0.996, "--confidence", help="Goal: P(class) of each image."),
-    steps: int = typer.Option(500, "--steps", help="gradient: at most this many steps."),
-    generations: int = typer.Option(500, "--generations", help="evolution: at most this many generations."),
+    steps: int = typer.Option(500, "--steps", help="gradient: the budget (it stops once every image reaches "
+                                                   "the confidence)."),
+    generations: int = typer.Option(2000, "--generations", help="evolution: the budget (it stops once every "
+                                                               "image reaches the confidence)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -173,18 +191,33 @@ def fooling_cmd(
 
     loaded = load_run(run)
     options = {"steps": steps} if method == "gradient" else {"generations": generations, "encoding": encoding}
-    result = compute_fooling(loaded, _targets(loaded, classes, every), method=method, confidence=confidence,
-                             seed=seed, progress=not quiet, **options)
+    result, saved = compute_fooling(loaded, _targets(loaded, classes, every), method=method, confidence=confidence,
+                                    seed=seed, progress=show_progress(quiet), **options)
     if as_json:
         typer.echo(json.dumps(to_dict(result, schema="convlens.fooling/1"), indent=2))
-        return
+    else:
+        typer.echo(_fooling_text(result))
+    if saved is not None:
+        echo_saved(f"{saved} (+ .npz, .png)", as_json=as_json)
+
+
+def _fooling_text(result) -> str:
+    """Per image: class, P(class) at the start (the noise, or the best random CPPN) -> on the returned image,
+    top-1 or not, and whether (when) it reached the goal."""
+    import numpy as np
+
     info = result.info
-    typer.echo(repr(result))
-    when, unit = ((info["steps_to_reach"], "step") if method == "gradient"
-                  else (info["generation_reached"], "generation"))
-    for i in range(len(result)):
-        status = f"reached at {unit} {when[i]}" if info["reached"][i] else "not reached"
-        typer.echo(f"  {info['labels'][i]:>12}: P = {100 * info['confidence'][i]:.2f}%  ({status})")
-    total = f"{info['steps']} steps" if method == "gradient" else f"{info['generations']} generations"
-    typer.echo(f"  {sum(info['reached'])}/{len(result)} reached {100 * confidence:.1f}% in {total}, "
-               f"{info['evaluations']:,} images scored")
+    gradient = info["method"] == "gradient"
+    when, unit = (info["steps_to_reach"], "step") if gradient else (info["generation_reached"], "generation")
+    start = np.exp(result.history[0])  # (N,) the objective is log P(class)
+    rows = [[info["labels"][i], f"{100 * start[i]:.2f}% -> {100 * info['confidence'][i]:.2f}%",
+             "yes" if info["top1"][i] == info["targets"][i] else "no",
+             f"at {unit} {when[i]}" if info["reached"][i] else "no"] for i in range(len(result))]
+    goal = f"{100 * info['confidence_goal']:.1f}%"
+    total = f"{info['steps']} steps" if gradient else f"{info['generations']} generations"
+    how = "gradient ascent from noise" if gradient else f"evolution of {info['encoding']} images (outputs only)"
+    return (f"fooling images (Nguyen et al. 2015) by {how}; goal P(class) >= {goal}\n"
+            + table(["class", "P(class) start -> end", "top-1", f"reached {goal}"], rows)
+            + f"\n  {sum(info['reached'])}/{len(result)} reached {goal} in {total}, "
+              f"{info['evaluations']:,} images scored"
+            + "".join(f"\n  {label}: {why}" for label, why in info.get("unreached", {}).items()))

@@ -18,6 +18,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved, show_progress
 
 AGREEMENT, NEIGHBORS, TSNE = "codes-agreement", "codes-neighbors", "codes-tsne"
 
@@ -204,20 +205,21 @@ def codes_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[st
     from ..visualize.code_agreement import agreement_by_layer
 
     loaded = load_run(run)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, out=out, progress=not quiet)
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, out=out, progress=show_progress(quiet))
     folder = out or _cache_dir(loaded, layer, pool, data)
+    saved = [f"{folder} (the codes)"] if folder else []
     result = None
     if agreement:
-        result = agreement_by_layer(loaded, code.data, k=k, metric=metric, progress=not quiet)
+        result = agreement_by_layer(loaded, code.data, k=k, metric=metric, progress=show_progress(quiet))
         if loaded.dir is not None:
-            result.save(Path(loaded.dir) / "results" / f"{AGREEMENT}.json")
+            saved.append(result.save(Path(loaded.dir) / "results" / f"{AGREEMENT}.json"))
     if as_json:
         typer.echo(json.dumps({"codes": {**code.to_dict(), "folder": str(folder) if folder else None},
                                "agreement": result.to_dict() if result else None}, indent=2))
     else:
-        typer.echo(repr(code) + (f"\ncached in {folder}" if folder else ""))
-        if result is not None:
-            typer.echo("\n" + repr(result))
+        typer.echo(repr(code) + ("\n\n" + repr(result) if result is not None else ""))
+    if saved:
+        echo_saved(*saved, as_json=as_json)
 
 
 @app.command("neighbors")
@@ -238,7 +240,7 @@ def neighbors_cmd(run: Path = _RUN,
     if image is not None and index:
         raise InputError("give IMAGE or --index, not both; got both")
     loaded = load_run(run)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=not quiet)
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=show_progress(quiet))
     nb, pn, qlabels = save_neighbors(loaded, code, rows=index, image=image, k=k, metric=metric, n_queries=queries)
     if png is not None:
         from ..io import atomic_write_bytes
@@ -246,25 +248,34 @@ def neighbors_cmd(run: Path = _RUN,
 
         query_images = None if image is None else _image_for(code, image)
         atomic_write_bytes(png, to_png(nb.plot(code, query_images=query_images, compare={"raw pixels": pn})))
-    names = code.class_names
-    name = lambda i: (names[int(code.labels[i])] if names and code.labels is not None  # noqa: E731
-                      else str(int(code.labels[i])) if code.labels is not None else "")
     if as_json:
         typer.echo(json.dumps({"layer": code.layer, "metric": metric, "k": k, "query": nb.query.tolist(),
                                "code": {"indices": nb.indices.tolist(), "distances": nb.distances.tolist()},
                                "pixels": {"indices": pn.indices.tolist(), "distances": pn.distances.tolist()}},
                               indent=2))
-        return
-    typer.echo(f"{k} nearest neighbours in {code.layer} code space ({code.dims}-D, {metric}) and in raw pixels (l2) "
-               f"among {len(code)} images of {code.data_label}:")
+    else:
+        typer.echo(_neighbors_text(code, nb, pn, qlabels, image, k, metric))
+    saved = [f"{Path(loaded.dir) / 'results' / NEIGHBORS}.json (+ .npz)"] if loaded.dir is not None else []
+    if png is not None:
+        saved.append(png)
+    if saved:
+        echo_saved(*saved, as_json=as_json)
+
+
+def _neighbors_text(code, nb, pn, qlabels, image, k: int, metric: str) -> str:
+    names = code.class_names
+    name = lambda i: (names[int(code.labels[i])] if names and code.labels is not None  # noqa: E731
+                      else str(int(code.labels[i])) if code.labels is not None else "")
+    lines = [f"{k} nearest neighbours in {code.layer} code space ({code.dims}-D, {metric}) and in raw pixels (l2) "
+             f"among {len(code)} images of {code.data_label}:"]
     for qi in range(len(nb)):
-        head = (f"query {int(nb.query[qi])} ({name(int(nb.query[qi]))})" if len(nb.query) else f"query {image}")
-        typer.echo(head)
-        typer.echo("  code:   " + ", ".join(f"{j} {name(j)}" for j in nb.indices[qi]))
-        typer.echo("  pixels: " + ", ".join(f"{j} {name(j)}" for j in pn.indices[qi]))
+        lines.append(f"query {int(nb.query[qi])} ({name(int(nb.query[qi]))})" if len(nb.query) else f"query {image}")
+        lines.append("  code:   " + ", ".join(f"{j} {name(j)}" for j in nb.indices[qi]))
+        lines.append("  pixels: " + ", ".join(f"{j} {name(j)}" for j in pn.indices[qi]))
     if qlabels is not None and code.labels is not None:
-        typer.echo(f"same class as the query: code {100 * nb.agreement(code.labels):.0f}%, "
-                   f"pixels {100 * pn.agreement(code.labels):.0f}%")
+        lines.append(f"same class as the query: code {100 * nb.agreement(code.labels):.0f}%, "
+                     f"pixels {100 * pn.agreement(code.labels):.0f}%")
+    return "\n".join(lines)
 
 
 def _image_for(code, path):
@@ -292,7 +303,7 @@ def tsne_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=not quiet)
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=show_progress(quiet))
     result, cells, exported = save_tsne(loaded, code, n=n, perplexity=perplexity, seed=seed, grid=grid, thumb=thumb,
                                         n_jobs=n_jobs, projector=projector)
     if as_json:
@@ -300,9 +311,10 @@ def tsne_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str
         out["grid"] = None if cells is None else {"rows": cells.rows, "cols": cells.cols, "cost": cells.cost}
         out["projector"] = None if exported is None else str(exported.folder)
         typer.echo(json.dumps(out, indent=2))
-        return
-    typer.echo(repr(result))
-    if cells is not None:
-        typer.echo(repr(cells))
+    else:
+        typer.echo("\n".join(repr(r) for r in (result, cells, exported) if r is not None))
+    saved = [f"{Path(loaded.dir) / 'results' / TSNE}.json (+ .npz)"] if loaded.dir is not None else []
     if exported is not None:
-        typer.echo(repr(exported))
+        saved.append(exported.folder)
+    if saved:
+        echo_saved(*saved, as_json=as_json)

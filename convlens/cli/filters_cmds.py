@@ -14,21 +14,25 @@ from typing import Optional
 import typer
 
 from .app import app
+from .output import echo_saved
 
 
-def _save(result, run, out: Path | None) -> Path | None:
-    """The result JSON/NPZ under RUN/results and the figure PNG (``out`` or RUN/results/filters-<layer>.png)."""
+def _save(result, run, out: Path | None) -> list[str]:
+    """The result JSON/NPZ under RUN/results and the figure PNG (``out`` or RUN/results/filters-<layer>.png);
+    returns what was written."""
     from ..io import atomic_write_bytes
     from ..plots.common import to_png
 
+    saved = []
     results = Path(run.dir) / "results" if run.dir is not None else None
     if results is not None:
-        result.save(results / "filters.json")
+        saved.append(f"{result.save(results / 'filters.json')} (+ .npz)")
     if out is None and results is not None:
         out = results / f"filters-{re.sub(r'[^A-Za-z0-9_.-]+', '_', result.layer)}.png"
     if out is not None:
         atomic_write_bytes(out, to_png(result.plot()))
-    return out
+        saved.append(str(out))
+    return saved
 
 
 @app.command("filters")
@@ -46,10 +50,14 @@ def filters_cmd(
 
     loaded = load_run(run)
     result = filters(loaded, layer)
-    png = _save(result, loaded, out)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-        return
+    saved = _save(result, loaded, out)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else _text(result))
+    if saved:
+        echo_saved(*saved, as_json=as_json)
+
+
+def _text(result) -> str:
+    """The table, then each layer's reasons, then the notes shared by several layers."""
     lines = [repr(result)]
     lines += [f"{d.name}: {r}" for d in result.layers for r in d.reasons]
     notes: dict[str, list[str]] = {}
@@ -57,9 +65,7 @@ def filters_cmd(
         for note in d.notes:
             notes.setdefault(note, []).append(d.name)
     lines += [f"{', '.join(names)}: {note}" for note, names in notes.items()]
-    if png is not None:
-        lines.append(f"figure: {png}")
-    typer.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
 def demo_filters(run) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from .output import echo_saved, show_progress
 
 
 @app.command("health")
@@ -34,7 +35,7 @@ def health_cmd(
 
         dataset = datasets.load(data, split="test")
     names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
-    result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=not quiet)
-    if loaded.dir is not None:
-        result.save(Path(loaded.dir) / "results" / "health.json")
+    result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=show_progress(quiet))
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
+    if loaded.dir is not None:
+        echo_saved(result.save(Path(loaded.dir) / "results" / "health.json"), as_json=as_json)

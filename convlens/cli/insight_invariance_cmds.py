@@ -15,6 +15,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -50,18 +51,20 @@ def invariance_cmd(
     chosen = list(TRANSFORMS) if transform == "all" else [transform]
     loaded = load_run(run)
     names = None if layers is None else [s.strip() for s in layers.split(",") if s.strip()]
-    out = []
+    out, saved = [], []
     for t in chosen:
         result = invariance(loaded, data, transform=t, amounts=_floats(amounts, "--amounts"), layers=names,
                             n_images=n, fill=fill)
         if loaded.dir is not None:
-            result.save(Path(loaded.dir) / "results" / f"invariance-{t}.json")
+            saved.append(result.save(Path(loaded.dir) / "results" / f"invariance-{t}.json"))
         out.append(result)
     if as_json:
         payload = [r.to_dict() for r in out]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     else:
         typer.echo("\n\n".join(repr(r) for r in out))
+    if saved:
+        echo_saved(*saved, as_json=as_json)
 
 
 @app.command("fool-linear")
@@ -90,8 +93,8 @@ def fool_linear_cmd(
         pair = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
         pair = None if pair is None else [int(c) if c.isdigit() else c for c in pair]
         result = eps_vs_dimension(data, classes=pair, sizes=size_list, n_per_class=n_per_class)
-        if out is not None:
-            result.save(out)
     else:
         result = fool_linear(_floats(x, "--x") or LECTURE_X, _floats(w, "--w") or LECTURE_W, b, eps, target=target)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
+    if dims and out is not None:
+        echo_saved(result.save(out), as_json=as_json)

@@ -12,6 +12,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved, show_progress
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -49,10 +50,10 @@ def probe_cmd(
 
     loaded = load_run(run)
     result = probe(loaded, data, layers=_names(layers), per_class=_ints(per_class, "--per-class"), repeats=repeats,
-                   classifiers=_names(classifiers), pool=pool, seed=seed, progress=not quiet)
-    if loaded.dir is not None:
-        result.save(Path(loaded.dir) / "results" / "probe.json")
+                   classifiers=_names(classifiers), pool=pool, seed=seed, progress=show_progress(quiet))
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
+    if loaded.dir is not None:
+        echo_saved(result.save(Path(loaded.dir) / "results" / "probe.json"), as_json=as_json)
 
 
 @app.command("ablate")
@@ -76,7 +77,8 @@ def ablate_cmd(
 
     loaded = load_run(run)
     result = ablate(loaded, list(remove), epochs=epochs, mode="scratch" if scratch else "finetune", lr=lr, seed=seed,
-                    overwrite=overwrite, progress=not quiet)
-    if loaded.dir is not None:
-        result.save(Path(loaded.dir) / "results" / "ablation.json")
+                    overwrite=overwrite, progress=show_progress(quiet))
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
+    if loaded.dir is not None:
+        echo_saved(result.save(Path(loaded.dir) / "results" / "ablation.json"),
+                   f"{Path(loaded.dir) / 'ablation'} (the retrained networks)", as_json=as_json)

@@ -14,6 +14,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved, show_progress
 
 
 def load_inputs(run, image: Path | None, indices: Sequence[int]):
@@ -101,7 +102,7 @@ def invert_cmd(
     names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
     quad = None if (quadrants or "").lower() == "none" else (quadrants or default_quadrant_layer(loaded))
     per_layer, quads = run_inversion(loaded, x, layers=names, steps=steps, quadrant_layer=quad, n_inits=n_inits,
-                                     seed=seed, progress=not quiet)
+                                     seed=seed, progress=show_progress(quiet))
     rows = [{"layer": k, "tapped": r.info["tapped"], "feature_error": r.info["feature_error"]}
             for k, r in per_layer.items()]
     if quads is not None:
@@ -109,14 +110,15 @@ def invert_cmd(
                      "n_inits": n_inits})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        errs = ", ".join(f"{e:.4f}" for e in row["feature_error"])
-        what = f"{row['layer']} ({row['tapped']})" if row["tapped"] != row["layer"] else row["layer"]
-        typer.echo(f"{what:24s} ||Φ(x*) - Φ0|| / ||Φ0|| = {errs}" + (f"  ({n_inits} inits)" if "n_inits" in row
-                                                                     else ""))
+    else:
+        for row in rows:
+            errs = ", ".join(f"{e:.4f}" for e in row["feature_error"])
+            what = f"{row['layer']} ({row['tapped']})" if row["tapped"] != row["layer"] else row["layer"]
+            typer.echo(f"{what:24s} ||Φ(x*) - Φ0|| / ||Φ0|| = {errs}" + (f"  ({n_inits} inits)" if "n_inits" in row
+                                                                         else ""))
     if loaded.dir is not None:
-        typer.echo(f"saved: {Path(loaded.dir) / 'results' / 'inversion.json'}")
+        files = ["inversion"] + (["inversion-quadrants"] if quads is not None else [])
+        echo_saved(*(f"{Path(loaded.dir) / 'results' / name}.json (+ .npz, .png)" for name in files), as_json=as_json)
 
 
 def demo_inversion(run) -> None:

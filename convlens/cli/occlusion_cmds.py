@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from .app import app
+from .output import echo_saved
 
 DEMO_SETTINGS = dict(window=16, stride=4, baseline=0.5)
 
@@ -101,8 +102,9 @@ def occlusion_cmd(
     layer: Optional[str] = typer.Option(None, "--layer", help="Feature-map layer (default: the last conv's output "
                                                               "after its ReLU)."),
     unit: Optional[int] = typer.Option(None, "--unit", help="Channel of --layer (default: the strongest)."),
-    approximate: bool = typer.Option(False, "--approximate", help="Krypton's approximate mode (faster; the error "
-                                                                  "measured at a few positions is reported)."),
+    approximate: bool = typer.Option(False, "--approximate", help="Krypton's approximate mode (faster; its error "
+                                                                  "is verified on a sample covering the map and "
+                                                                  "bounded, or the map is recomputed exactly)."),
     tau: float = typer.Option(0.35, "--tau", help="With --approximate: the largest patch per axis, as a fraction "
                                                   "of its map."),
     batch_size: int = typer.Option(32, "--batch-size", help="Positions per forward."),
@@ -121,7 +123,7 @@ def occlusion_cmd(
     if as_json:
         payload = [m.to_dict() for m in maps]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
-        return
-    typer.echo("\n\n".join(repr(m) for m in maps))
+    else:
+        typer.echo("\n\n".join(repr(m) for m in maps) + "\n")
     if saved is not None:
-        typer.echo(f"\nsaved: {saved} (+ .npz, .png)")
+        echo_saved(f"{saved} (+ .npz, .png)", as_json=as_json)

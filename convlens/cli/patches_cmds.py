@@ -13,6 +13,7 @@ import typer
 
 from ..errors import InputError
 from .app import app
+from .output import echo_saved, show_progress
 
 RESULT = "top-patches"
 
@@ -44,10 +45,11 @@ def top_patches_cmd(
         dataset = datasets.load(data, split="test")
     names = [n.strip() for item in layer for n in item.split(",") if n.strip()] if layer else None
     result = top_patches(loaded, dataset, names, k=k, units=_ints(units, "--units"), batch_size=batch_size,
-                         progress=not quiet, out=out)
-    if loaded.dir is not None:
-        result.save(Path(loaded.dir) / "results" / f"{RESULT}.json")
+                         progress=show_progress(quiet), out=out)
     typer.echo(json.dumps(result.to_dict(arrays=True), indent=2) if as_json else repr(result))
+    if loaded.dir is not None:
+        saved = result.save(Path(loaded.dir) / "results" / f"{RESULT}.json")
+        echo_saved(f"{saved} (+ .npz)", as_json=as_json)
 
 
 def _ints(text: str | None, option: str) -> list[int] | None:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from .output import echo_saved, train_progress
 
 
 @app.command("report")
@@ -34,12 +35,14 @@ def demo_cmd(
     from ..training.fit import DEMO_RECIPE, demo
 
     typer.echo(f"convlens demo: training {DEMO_RECIPE['arch']} on {DEMO_RECIPE['data']} into {out}")
-    run = demo(out=out)
+    run = demo(out=out, **train_progress())
     ev = evaluate(run)
-    ev.save(Path(out) / "results" / "evaluation.json")
+    saved = Path(out) / "results" / "evaluation.json"
+    ev.save(saved)
     typer.echo(repr(ev))
+    echo_saved(saved)
     if analyses:
-        typer.echo("\nanalyses (results in RUN/results; done ones are skipped):")
+        typer.echo(f"\nanalyses (results in {saved.parent}; done ones are skipped):")
         run_steps(run, echo=typer.echo)
     path = build_report(run)
     typer.echo(f"\nreport: {path.resolve()}")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from .output import echo_saved, train_progress
 
 
 @app.command("train")
@@ -27,7 +28,8 @@ def train_cmd(
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (0: slice in memory)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if any)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over if OUT holds a different run."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar, no line per epoch (a log gets no bar, "
+                                                      "only the lines)."),
 ) -> None:
     """Train a network into a resumable run directory (re-run the same command to resume)."""
     from ..training.fit import train
@@ -36,7 +38,7 @@ def train_cmd(
                  weight_decay=weight_decay, schedule=schedule)
     options = {k: v for k, v in given.items() if v is not None}
     run = train(arch, data, out=out, augment=augment, seed=seed, num_workers=workers, device=device,
-                overwrite=overwrite, progress=not quiet, **options)
+                overwrite=overwrite, **train_progress(quiet), **options)
     last = run.history[-1] if run.history else {}
     if run.already_done:
         typer.echo(f"{out}: already trained ({len(run.history)} epochs, same settings); nothing to do")
@@ -60,6 +62,6 @@ def evaluate_cmd(
 
     loaded = load_run(run, arch=arch) if arch else load_run(run)
     result = evaluate(loaded, data, k=k, batch_size=batch_size)
-    if save is not None:
-        result.save(save)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
+    if save is not None:
+        echo_saved(result.save(save), as_json=as_json)

@@ -19,7 +19,9 @@ import hashlib
 import json
 import math
 import platform
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -80,29 +82,30 @@ def train(arch: str | GrammarNet, data, *, out: str | Path, test_data=None, epoc
     same ``out`` resumes from the last completed epoch, or returns the finished run
     (``run.already_done``); different settings raise RunError unless ``overwrite``.
     ``callback(record)`` runs after each epoch is saved (raising stops training; the run resumes
-    later). ``device`` defaults to the given net's, else CUDA when available.
+    later). A call that stops before its first epoch is saved removes the ``out`` folder it created.
+    ``device`` defaults to the given net's, else CUDA when available.
     """
     hyper = _check_hyper(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
                          weight_decay=weight_decay, schedule=schedule, augment=augment, seed=seed)
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise expect("num_workers", "an int >= 0", num_workers)
     train_ds, test_ds = _resolve_data(data, test_data)
-    out = prepare_out(Path(out), names=(CHECKPOINT, WEIGHTS, MANIFEST), overwrite=overwrite)
-    mean, std = _dataset_stats(train_ds, num_workers)
-    dev = torch.device(device) if device is not None else _default_device(arch)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        net, arch_info = _build(arch, train_ds)
-        net.to(dev)
-        settings = _json({"arch": arch_info, "data": _fingerprint(train_ds, mean, std), "hyper": hyper})
-        opt = _optimizer(net, hyper)
-        history, start = _resume(out, settings, net, opt)
-        s = _Session(out, net, opt, arch_info, settings, hyper, mean, std, train_ds, test_ds, history)
-        if start >= hyper["epochs"]:
-            if stale_manifest(out / MANIFEST, out / WEIGHTS, epochs_done=start):  # killed after the checkpoint
-                _write_outputs(s, status="complete", weights_too=True)
-            return _as_run(s, already_done=True)
-        _loop(s, start, num_workers=num_workers, progress=progress, callback=callback)
+    with _run_folder(Path(out), overwrite=overwrite) as out:
+        mean, std = _dataset_stats(train_ds, num_workers)
+        dev = torch.device(device) if device is not None else _default_device(arch)
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            net, arch_info = _build(arch, train_ds)
+            net.to(dev)
+            settings = _json({"arch": arch_info, "data": _fingerprint(train_ds, mean, std), "hyper": hyper})
+            opt = _optimizer(net, hyper)
+            history, start = _resume(out, settings, net, opt)
+            s = _Session(out, net, opt, arch_info, settings, hyper, mean, std, train_ds, test_ds, history)
+            if start >= hyper["epochs"]:
+                if stale_manifest(out / MANIFEST, out / WEIGHTS, epochs_done=start):  # killed after the checkpoint
+                    _write_outputs(s, status="complete", weights_too=True)
+                return _as_run(s, already_done=True)
+            _loop(s, start, num_workers=num_workers, progress=progress, callback=callback)
     return _as_run(s, already_done=False)
 
 
@@ -177,15 +180,20 @@ def _loop(s: _Session, start: int, *, num_workers: int, progress: bool, callback
             s.history.append(record)
             _save_epoch(s, epochs_done=epoch + 1, status="complete" if epoch + 1 == epochs else "training")
             if progress:
-                test = f"  test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}" \
-                    if record["test_acc"] is not None else ""
-                bar.write(f"epoch {epoch + 1}/{epochs}  train loss {record['train_loss']:.4f} "
-                          f"acc {record['train_acc']:.4f}{test}  {record['seconds']:.1f}s")
+                bar.write(epoch_line(record, epochs))
             if callback is not None:
                 callback({**record, "epochs": epochs, "out": str(s.out)})
     finally:
         bar.close()
         net.eval()
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """What is printed after each epoch: ``epoch 3/10  train loss 0.4123 acc 0.8712  test loss ... 9.8s``."""
+    test = f"  test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}" \
+        if record["test_acc"] is not None else ""
+    return (f"epoch {record['epoch']}/{epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {record['train_acc']:.4f}{test}  {record['seconds']:.1f}s")
 
 
 def _batches(ds, order: torch.Tensor, b: int, steps: int, num_workers: int):
@@ -386,6 +394,20 @@ def _json(obj):
 
 
 # ---- run directory -----------------------------------------------------------------------------------
+
+@contextmanager
+def _run_folder(out: Path, *, overwrite: bool):
+    """``out`` made ready for a run. A folder this call creates is removed again if the call stops (an
+    error, Ctrl-C) before its first epoch is saved: no empty run folder is left behind."""
+    created = not out.exists()
+    out = prepare_out(out, names=(CHECKPOINT, WEIGHTS, MANIFEST), overwrite=overwrite)
+    try:
+        yield out
+    except BaseException:
+        if created and not (out / CHECKPOINT).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
 
 def _resume(out: Path, settings: dict, net: nn.Module, opt) -> tuple[list[dict], int]:
     """(history, first epoch to train): the checkpoint's, or ([], 0) for a fresh run."""

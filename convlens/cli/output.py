@@ -1,0 +1,37 @@
+"""How the commands print: progress bars only on a terminal, the paths they saved, small tables."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+
+def show_progress(quiet: bool = False) -> bool:
+    """Whether a command draws progress bars: not with --quiet, and only when stderr is a terminal (in a
+    log, a bar's carriage returns pile up). The library's own ``progress=`` defaults stay as they are."""
+    return not quiet and sys.stderr.isatty()
+
+
+def train_progress(quiet: bool = False) -> dict:
+    """``train()``'s progress options: a bar (and a line per epoch) on a terminal; in a log, only the line
+    per epoch; nothing with --quiet."""
+    from ..training.fit import epoch_line
+
+    if show_progress(quiet):
+        return {"progress": True}
+    return {"progress": False,
+            "callback": None if quiet else lambda record: typer.echo(epoch_line(record, record["epochs"]))}
+
+
+def echo_saved(*paths: Path | str, as_json: bool = False) -> None:
+    """``saved: PATH, ...``: the files a command wrote; with --json on stderr, so stdout stays one JSON document."""
+    typer.echo("saved: " + ", ".join(str(p) for p in paths), err=as_json)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, indented by two spaces: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
+    return "\n".join("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                                      for i, (cell, w) in enumerate(zip(row, widths)))
+                     for row in (headers, *rows))
