@@ -108,6 +108,30 @@ def test_a_bare_model_with_normalization_gets_normalized_images(gray_net):
     assert _confidence(gray_net, res.images, [2])[0].item() == pytest.approx(res.info["confidence"][0], rel=1e-5)
 
 
+class Capped(nn.Module):
+    """Scores whose softmax never gives class 0 more than 1/2: 2 + min(4 x mean pixel, 1) against 2 and 3."""
+
+    input_shape = (1, 8, 8)
+
+    def forward(self, x):                                                      # (N, 1, 8, 8)
+        s = (4 * x.mean((1, 2, 3))).clamp(max=1.0)                              # (N,) at most 1
+        return torch.stack([2 + s, torch.full_like(s, 2.0), torch.full_like(s, 3.0)], 1)  # (N, 3)
+
+
+def test_a_goal_out_of_reach_is_reported_with_the_reason():
+    """P(0) = e^(2+s) / (e^(2+s) + e^2 + e^3) <= 1/2 for every image (the oracle): the evolution restarts its
+    steps, stops at its budget and says the class stalled; a budget cut short says the search still gained."""
+    res = fooling_image(Capped(), 0, method="evolution", generations=120, confidence=0.9)
+    info = res.info
+    assert not info["reached"][0] and info["generations"] == 120 and info["confidence"][0] <= 0.5
+    assert info["restarts"][0] >= 2 and list(info["unreached"]) == ["0"]
+    assert info["unreached"]["0"].startswith(f"P = {info['confidence'][0]:.4f} < 0.9: stalled")
+    short = fooling_image(Capped(), 0, method="evolution", generations=3, confidence=0.9)
+    assert "still gaining when the budget of 3 generations ran out" in short.info["unreached"]["0"]
+    grad = fooling_image(Capped(), 0, steps=5, confidence=0.9)
+    assert "the budget of 5 steps ran out" in grad.info["unreached"]["0"]
+
+
 def test_direct_encoding_and_cppn_render():
     torch.manual_seed(0)
     layers = [(4, 6), (7, 6), (7, 3)]
@@ -148,9 +172,9 @@ def test_demo_model_every_class_reaches_the_papers_confidence(demo_run_dir):
 @pytest.mark.slow
 def test_demo_model_is_fooled_by_evolution_for_every_class(demo_run_dir):
     run = convlens.load_run(demo_run_dir)
-    res = convlens.fooling_image(run, method="evolution", population=16, generations=300)  # as `convlens demo`
+    res = convlens.fooling_image(run, method="evolution", population=16)  # as `convlens demo`: goal or budget
     conf = _confidence(run.pixel_model().eval(), res.images, list(range(10)))
-    assert (conf >= 0.996).all() and res.info["generations"] <= 300
+    assert (conf >= 0.996).all() and res.info["unreached"] == {}, res.info["unreached"]
 
 
 def test_cli_saves_results_and_the_report_section_reads_them(small_run, tmp_path, capsys):

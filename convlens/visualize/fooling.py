@@ -22,12 +22,18 @@ confidences" slide. Two ways, both run for a batch of targets (every class) at o
      noise) are scored; the genome moves along the rank-weighted noise with Adam (a natural evolution
      strategy, Wierstra et al. 2014 / Salimans et al. 2017); the best image ever seen for each target
      is kept, including mutants made for *other* targets (elites shared across classes);
-  3. a target stops once its best reaches ``confidence``; the run stops when all have, or after
-     ``generations``.
+  3. step size: a target whose best has not improved for ``PATIENCE`` generations restarts its search
+     at its best genome with half the mutation size ``sigma`` and half the step ``es_lr`` (down to 1/16;
+     after that, at full size again): large steps find the region, small ones climb the last fractions
+     of a percent that a fixed step only circles (a (1+1)-ES-style step-size rule);
+  4. the search is goal-driven: a target stops once its best reaches ``confidence``; the run stops when
+     all have, or when the budget of ``generations`` is spent, and ``info["unreached"]`` then says for
+     each class left why (still improving when the budget ran out, or stalled since a generation).
 
 ``info`` records per image: ``confidence`` (P(target) of the returned image), ``reached``, and
 ``steps_to_reach`` (gradient) or ``generation_reached`` (evolution; 0: found in the random
-population), plus totals (``steps`` / ``generations``, ``evaluations``: images scored).
+population), plus totals (``steps`` / ``generations``, ``evaluations``: images scored) and
+``unreached`` (label -> why, empty when every image reached the goal).
 """
 from __future__ import annotations
 
@@ -49,10 +55,12 @@ __all__ = ["fooling_image", "METHODS", "ENCODINGS", "cppn_render"]
 
 METHODS = ("gradient", "evolution")
 ENCODINGS = ("cppn", "direct")
+PATIENCE = 20        # evolution: generations without a gain before a target's step size is halved
+SMALLEST_STEP = 1 / 16  # ... down to this fraction of sigma and es_lr; then a restart at full size
 
 
 def fooling_image(model_or_run, target=None, *, method: str = "gradient", confidence: float = 0.996,
-                  seed: int = 0, steps: int = 500, lr: float = 0.2, generations: int = 500, population: int = 32,
+                  seed: int = 0, steps: int = 500, lr: float = 0.2, generations: int = 2000, population: int = 32,
                   init_population: int = 200, sigma: float = 0.1, es_lr: float = 0.05, encoding: str = "cppn",
                   hidden: int = 16, cppn_scale: float = 3.0, direct_size: tuple[int, int] | None = None,
                   input_shape: Sequence[int] | None = None, box: tuple[float, float] | None = None,
@@ -61,7 +69,8 @@ def fooling_image(model_or_run, target=None, *, method: str = "gradient", confid
     """Fooling images (Nguyen et al. 2015) for ``target``: a class index or name, a list of them, or None
     for every class; see the module docstring. ``steps``/``lr`` are the gradient method's;
     ``generations``, ``population`` (mutants per target and generation), ``init_population``,
-    ``sigma`` (mutation std) and ``es_lr`` the evolution's. A Run's images are pixels in [0, 1]; a bare
+    ``sigma`` (mutation std) and ``es_lr`` the evolution's. ``steps`` and ``generations`` are budgets: the
+    search stops as soon as every image reaches ``confidence``. A Run's images are pixels in [0, 1]; a bare
     model's are in ``box`` (default (0, 1)), normalized with ``mean``/``std`` when given (the returned
     images are then the normalized ones and ``display()`` un-normalizes them)."""
     from ..training.runs import model_and_run
@@ -89,6 +98,7 @@ def fooling_image(model_or_run, target=None, *, method: str = "gradient", confid
                 labels=[names[t] if names and t < len(names) else str(t) for t in targets.tolist()],
                 class_names=list(names) if names else None, confidence=[float(v) for v in conf.cpu()],
                 reached=[bool(v >= confidence) for v in conf.cpu()], top1=p.argmax(1).tolist(),
+                unreached=_unreached(info, conf.cpu().tolist(), confidence, names, targets.tolist()),
                 box=list(box), input_shape=list(shape))
     result.info.update(info)
     if normalize is not None:
@@ -149,6 +159,10 @@ def _evolve(model, targets, shape, box, log_c, seed, generations, population, in
     history = [best_f.cpu().numpy().copy()]
     adam_m, adam_v = torch.zeros_like(theta), torch.zeros_like(theta)
     adam_t = torch.zeros(n, device=device, dtype=dtype)                            # Adam's step count per target
+    step = torch.ones(n, device=device, dtype=dtype)                               # fraction of sigma and es_lr
+    improved_at = torch.zeros(n, dtype=torch.long, device=device)                  # generation of the last gain
+    restarted_at = torch.zeros(n, dtype=torch.long, device=device)
+    restarts = torch.zeros(n, dtype=torch.long, device=device)
     half = max(1, population // 2)
     done = 0
     for g in tqdm(range(1, generations + 1), disable=not progress, desc="fooling (evolution)", leave=False):
@@ -156,23 +170,32 @@ def _evolve(model, targets, shape, box, log_c, seed, generations, population, in
         if not len(active):
             break
         eps = _randn((len(active), half, dim), gen, device, dtype)                 # (A, P/2, D)
-        cand = torch.cat([theta[active, None] + sigma * eps, theta[active, None] - sigma * eps], 1)  # (A, P, D)
+        s = sigma * step[active, None, None]                                       # (A, 1, 1)
+        cand = torch.cat([theta[active, None] + s * eps, theta[active, None] - s * eps], 1)  # (A, P, D)
         lp = scores(cand.reshape(-1, dim))                                         # (A*P, K)
         evaluations += len(lp)
         for_all = lp[:, t]                                                         # (A*P, N) every target's fitness
         top = for_all.max(0)
         better = top.values > best_f                                               # elites shared across targets
         best[better] = cand.reshape(-1, dim)[top.indices[better]]
+        improved_at = torch.where(top.values > best_f + 1e-5, g, improved_at)      # a gain, not float noise
         best_f = torch.maximum(best_f, top.values)
         reached_at = torch.where((reached_at < 0) & (best_f >= log_c), g, reached_at)
         fit = lp.reshape(len(active), -1, lp.shape[1])[torch.arange(len(active), device=device), :, t[active]]  # (A, P)
         rank = fit.argsort(1).argsort(1).to(dtype) / (fit.shape[1] - 1) - 0.5      # centred ranks
-        grad = ((rank[:, :half] - rank[:, half:])[..., None] * eps).sum(1) / (fit.shape[1] * sigma)  # (A, D)
+        grad = ((rank[:, :half] - rank[:, half:])[..., None] * eps).sum(1) / (fit.shape[1] * s[:, 0])  # (A, D)
         adam_t[active] += 1
         adam_m[active] = 0.9 * adam_m[active] + 0.1 * grad
         adam_v[active] = 0.999 * adam_v[active] + 0.001 * grad ** 2
         k = adam_t[active, None]
-        theta[active] += es_lr * (adam_m[active] / (1 - 0.9 ** k)) / ((adam_v[active] / (1 - 0.999 ** k)).sqrt() + 1e-8)
+        lr_a = es_lr * step[active, None]                                          # (A, 1)
+        theta[active] += lr_a * (adam_m[active] / (1 - 0.9 ** k)) / ((adam_v[active] / (1 - 0.999 ** k)).sqrt() + 1e-8)
+        since = torch.maximum(improved_at, restarted_at)[active]
+        stuck = active[g - since >= PATIENCE]                                      # (S,) no gain for a while
+        if len(stuck):  # restart at the elite with half the step (or full size after the smallest)
+            theta[stuck], adam_m[stuck], adam_v[stuck], adam_t[stuck] = best[stuck], 0, 0, 0
+            step[stuck] = torch.where(step[stuck] > SMALLEST_STEP, step[stuck] / 2, 1.0)
+            restarted_at[stuck], restarts[stuck] = g, restarts[stuck] + 1
         history.append(best_f.cpu().numpy().copy())
         done = g
     images = render(best)
@@ -182,6 +205,7 @@ def _evolve(model, targets, shape, box, log_c, seed, generations, population, in
                     "population": population, "init_population": init_population, "sigma": float(sigma),
                     "es_lr": float(es_lr),
                     "generation_reached": [int(v) if v >= 0 else None for v in reached_at.tolist()],
+                    "last_gain": improved_at.tolist(), "restarts": restarts.tolist(),
                     **({"hidden": hidden, "cppn_scale": float(cppn_scale)} if encoding == "cppn" else
                        {"direct_size": list(direct_size or shape[1:])})}
 
@@ -225,6 +249,25 @@ def cppn_render(genomes: torch.Tensor, coords: torch.Tensor, layers) -> torch.Te
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+def _unreached(info: dict, conf: list[float], goal: float, names, targets: list[int]) -> dict[str, str]:
+    """label -> why the image is short of the goal: the budget ran out while it still gained, or it stalled."""
+    out = {}
+    for i, (p, t) in enumerate(zip(conf, targets)):
+        if p >= goal:
+            continue
+        label = names[t] if names and t < len(names) else str(t)
+        if "generations" in info:
+            spent, last = info["generations"], info["last_gain"][i]
+            why = (f"stalled: no gain since generation {last} of {spent}, through {info['restarts'][i]} "
+                   "step-size restarts" if spent - last > 2 * PATIENCE else
+                   f"still gaining when the budget of {spent} generations ran out; raise generations")
+        else:
+            why = f"the budget of {info['steps']} steps ran out; raise steps"
+        out[label] = f"P = {p:.4f} < {goal:g}: {why}"
+    return out
+
+
 
 class _Normalized(nn.Module):
     """(x - mean) / std, then the model: a bare model that takes normalized input, fed pixels."""
