@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import datetime
 import importlib
-import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,14 +48,6 @@ def _numeric(cell: str) -> bool:
     return bool(cell) and cell.rstrip("x").replace(",", "").replace(".", "").lstrip("-").isdigit()
 
 
-def write_results(results: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".latest-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     names = [n.removeprefix("bench_").removesuffix(".py") for n in (sys.argv[1:] if argv is None else argv)]
     names = names or available()
@@ -69,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from convlens.heap import keep_heap
+    from convlens.io import atomic_write_json
 
     # as the convlens command runs: both sides of every row then allocate without per-step page faults
     heap = "kept (convlens.keep_heap)" if keep_heap() else "C library default"
@@ -82,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         results["benchmarks"][name] = rows
         all_rows += [{"bench": name, **r} for r in rows]
     print(table(all_rows))
-    write_results(results, HERE / "results" / "latest.json")
+    atomic_write_json(HERE / "results" / "latest.json", results)
     print(f"\nwrote {HERE / 'results' / 'latest.json'}", file=sys.stderr)
     return 0
 
