@@ -309,6 +309,8 @@ class BatchSource:
             raise expect("data", "an ImageDataset, an (N, C, H, W) tensor or an (images, labels) pair", got)
         self.data, self.images = data, images
         self.n = len(data) if self.lazy else len(images)
+        if self.n == 0:
+            raise expect("data", "at least one image", "0 images")
         if labels is not None:
             labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
             if len(labels) != self.n:

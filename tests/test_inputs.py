@@ -1,11 +1,13 @@
 """Images that are accepted but wrong get a ConvLensError naming what was expected and what was given,
-at every public entry point that takes images (they all go through ``visualize.inputs.as_images``):
+at every public entry point that takes images (they all go through ``convlens.inputs.as_images``):
 0-255 floats where [0, 1] pixels are documented (a Run), NaN/inf, a channel count other than the
 model's (a 1-channel image broadcast by a Run's normalization, an HWC tensor), an empty batch, and the
 model's own RuntimeError on an input it cannot take. Valid inputs keep working: 1-channel and
 non-square images, float64 models, numpy arrays, single images; the oracle there is torch's own
 autograd gradient on the same model."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from torch import nn
 import convlens
 from convlens import ConvLensError, InputError, ShapeError
 from convlens.training.runs import PixelModel
-from convlens.visualize.inputs import as_images, forward_errors
+from convlens.inputs import as_images, forward_errors
 
 # every public method taking images, with a layer for invert: a module path of the fixtures, a lecture name of a Run
 CALLS = {
@@ -187,3 +189,30 @@ def test_a_run_takes_its_own_test_images(small_run):
     pm = small_run.pixel_model()
     torch.testing.assert_close(convlens.saliency(small_run, x, 4), _gradient_oracle(pm, x, 4))
     assert convlens.adversarial(small_run, x, 4, method="fgsm").adversarial.shape == tuple(x.shape)
+
+
+# ---- dataset-wide methods: the same check on the first batch the model takes -------------------------------
+
+DATASET_CALLS = {
+    "features": lambda m, x: convlens.features(m, x, layers=["features.0"], progress=False),
+    "health": lambda m, x: convlens.health(m, x, layers=["features.0"], progress=False),
+    "invariance": lambda m, x: convlens.invariance(m, x, transform="translate", amounts=[0, 2]),
+    "top_patches": lambda m, x: convlens.top_patches(m, x, layers=["features.0"], progress=False),
+    "codes": lambda m, x: convlens.codes(m, x, progress=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_CALLS))
+def test_dataset_wide_methods_refuse_empty_nan_and_hwc_data(name, bn_net):
+    for bad, words in [(torch.rand(0, 3, 16, 16), "at least one image"),
+                       (torch.full((2, 3, 16, 16), float("nan")), "finite (no NaN or inf)"),
+                       (torch.rand(2, 16, 16, 3), "permute to CHW")]:
+        with pytest.raises(InputError, match=re.escape(words)):
+            DATASET_CALLS[name](bn_net, bad)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in bn_net.modules())
+
+
+def test_a_run_refuses_0_255_data_in_dataset_wide_methods(small_run):
+    x = torch.rand(4, *small_run.input_shape) * 255
+    with pytest.raises(InputError, match="data must be pixels in \\[0, 1\\].*divide by 255"):
+        convlens.features(small_run.pixel_model(), x, layers=["conv1"], progress=False)

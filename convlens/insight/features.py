@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import DataError, InputError, expect
 from ..io import atomic_write_json, read_json
+from ..inputs import as_images, forward_errors
 from ..taps import BatchSource, _names, capture, eval_mode, model_device
 
 POOLS = ("max", "avg", "flat")
@@ -208,7 +209,10 @@ def features(model: nn.Module, data, layers: str | Sequence[str], *, pool: str =
             x = src.batch(lo + b0, lo + b1).to(device=device, dtype=dtype)  # (B, C, H, W)
             if preprocess is not None:
                 x = preprocess(x)
-            acts.forward(x)
+            if b0 == start:
+                as_images(x, model, name="data")  # the one image check, on the first batch the model takes
+            with forward_errors(model, x):
+                acts.forward(x)
             store.write(b0, b1, [_numpy(acts, n) for n in names], shapes)
             bar.update(b1 - b0)
     result = store.result(pool, paths, src.class_names, src.labels is not None)

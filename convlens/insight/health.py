@@ -52,6 +52,7 @@ from torch import nn
 from ..errors import InputError, expect
 from ..io import atomic_write_json, read_json
 from ..layers import display_names
+from ..inputs import as_images, forward_errors
 from ..taps import BatchSource, _names, capture, eval_mode, model_device
 
 THRESHOLDS = {
@@ -274,7 +275,10 @@ def health(model, data=None, *, layers: str | Sequence[str] | None = None, max_s
             x = src.take(idx).to(device=device, dtype=dtype)  # (B, C, H, W)
             if preprocess is not None:
                 x = preprocess(x)
-            model(x)
+            if b0 == 0:
+                as_images(x, model, name="data")  # the one image check, on the first batch the model takes
+            with forward_errors(model, x):
+                model(x)
             for n in names:
                 for call, value in enumerate(dict.get(acts, n, [])):
                     collected.setdefault((n, call), _Accumulator()).add(*value)

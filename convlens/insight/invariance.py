@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, expect
+from ..inputs import as_images
 
 TRANSFORMS = ("translate", "scale", "rotate")
 UNITS = {"translate": "px", "scale": "×", "rotate": "°"}
@@ -235,7 +236,7 @@ def invariance(model_or_run, images_or_data=None, *, transform: str = "translate
     amounts = default_amounts(transform, tuple(images.shape[2:])) if amounts is None else _amounts(amounts)
     if transform == "scale" and (amounts <= 0).any():
         raise expect("amounts", "positive scale factors", amounts.tolist())
-    originals = images.to(device, dtype)  # (N, C, H, W)
+    originals = as_images(images, model, name="images_or_data")  # (N, C, H, W), checked, on the model's device
     keys = {"translate": "dy", "scale": "scale", "rotate": "angle"}
 
     def transformed(amount: float) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 from ..errors import InputError, expect
 from ..taps import eval_mode
 from . import objectives as O
-from .inputs import as_images, forward_errors
+from ..inputs import as_images, forward_errors
 from .optimize import optimize
 from .targets import class_names_of, target_indices
 

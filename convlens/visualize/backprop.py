@@ -61,7 +61,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import InputError, ShapeError, expect
 from ..taps import capture, eval_mode, resolve_hookable, scripted_path, torchscript_error
-from .inputs import as_images, forward_errors
+from ..inputs import as_images, forward_errors
 from .targets import class_names_of, target_indices
 
 __all__ = ["RULES", "modified_gradient", "saliency", "deconvnet", "guided_backprop", "unit_maxima",

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, InputError, expect
+from ..inputs import as_images
 from ..io import atomic_write_json, read_json
 
 INPUT_SUFFIX = ":input"
@@ -262,7 +263,7 @@ def codes(model_or_run, data=None, layer: str | None = None, *, pool: str | None
     """
     from ..insight.features import POOLS, features
     from ..insight.probes import choose_layers
-    from ..taps import BatchSource, model_device
+    from ..taps import BatchSource
     from ..training.runs import model_and_run
 
     if pool is not None and pool not in POOLS:
@@ -271,12 +272,9 @@ def codes(model_or_run, data=None, layer: str | None = None, *, pool: str | None
         raise expect("layer", "a layer name (str) or None for the classifier's input", layer)
     model, run = model_and_run(model_or_run)
     data = _data(data, run)
-    src = BatchSource(data)
-    if src.n == 0:
-        raise expect("data", "at least one image", "0 images")
+    first = as_images(BatchSource(data).batch(0, 2), model, name="data")  # the one image check; (<=2, C, H, W)
     if layer is None:
-        device, dtype = model_device(model)
-        shown, tapped = code_layer(model, src.batch(0, min(2, src.n)).to(device=device, dtype=dtype))
+        shown, tapped = code_layer(model, first)
         pool = pool or "flat"
     elif layer.endswith(INPUT_SUFFIX):
         shown = tapped = layer

@@ -46,7 +46,7 @@ import torch
 from ..errors import InputError, expect
 from ..taps import eval_mode, model_device
 from . import objectives as O
-from .inputs import as_images, forward_errors
+from ..inputs import as_images, forward_errors
 from .optimize import OptimizedImage, optimize
 
 __all__ = ["invert", "save_inversions", "load_inversions", "feature_error"]

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 from ..errors import ConvLensError, InputError, expect
-from .inputs import as_images, forward_errors
+from ..inputs import as_images, forward_errors
 from .occlusion_bound import verify
 from .occlusion_map import OcclusionMap, load_maps, save_maps  # noqa: F401  (the result, re-exported)
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError, expect
+from ..inputs import as_images, forward_errors
 
 __all__ = ["top_patches", "TopPatches"]
 
@@ -327,8 +328,6 @@ def top_patches(model_or_run, data=None, layers: str | Sequence[str] | None = No
         data = datasets.load(str(data), split="test")
     names, tapped = choose_layers(model, layers)
     src = BatchSource(data)
-    if src.n < 1:
-        raise DataError("data must hold at least one image; got 0")
     input_size = tuple(src.batch(0, 1).shape[1:])                          # (C, H, W)
     if len(input_size) != 3:
         raise expect("data", "images (N, C, H, W)", input_size)
@@ -355,10 +354,13 @@ def top_patches(model_or_run, data=None, layers: str | Sequence[str] | None = No
             x = src.batch(b0, b1).to(device=device, dtype=dtype)          # (B, C, H, W)
             if preprocess is not None:
                 x = preprocess(x)
+            if b0 == lo + start:
+                as_images(x, model, name="data")  # the one image check, on the first batch the model takes
             calls.clear()
             for r in running.values():
                 r.first = b0
-            acts.forward(x)  # the hooks merge each layer's output into its running top-k
+            with forward_errors(model, x):
+                acts.forward(x)  # the hooks merge each layer's output into its running top-k
             for n, t in zip(names, tapped):
                 if t not in acts:
                     raise InputError(f"layer {n!r} ({paths[n]}) must run during the model's forward; got a "

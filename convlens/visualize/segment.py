@@ -246,7 +246,7 @@ def explain(model, x, target=None, *, labels=None, true_masks=None, fg_quantile:
     deconvnet and guided backprop, all from the class score ``target`` (None: the predicted class).
     ``true_masks`` (N, H, W) give each mask's IoU; ``labels`` are only recorded."""
     from ..taps import eval_mode
-    from .inputs import as_images, forward_errors
+    from ..inputs import as_images, forward_errors
     from .backprop import (_label, _model_and_run, deconvnet, guided_backprop, saliency)
     from .targets import class_names_of, target_indices
 

@@ -1,4 +1,7 @@
-"""The one check for images handed to a visualization method: ``as_images(x, model) -> (N, C, H, W)``.
+"""The one check for images handed to a method: ``as_images(x, model) -> (N, C, H, W)``.
+
+Every method that takes images goes through it: the visualization methods on their ``x``, and the
+dataset-wide ones (features and what builds on them, health) on the first batch they read.
 
 It refuses, each with an InputError naming what was expected and what was given: anything but a
 float (C, H, W) image or (N, C, H, W) batch (tensor or numpy array), an empty batch, NaN or inf
@@ -19,38 +22,38 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, ShapeError, expect
-from ..taps import model_device
+from .errors import InputError, ShapeError, expect
+from .taps import model_device
 
 __all__ = ["as_images", "forward_errors"]
 
 
-def as_images(x, model: nn.Module | None = None, *, input_shape=None) -> torch.Tensor:
+def as_images(x, model: nn.Module | None = None, *, input_shape=None, name: str = "x") -> torch.Tensor:
     """A detached floating (N, C, H, W) tensor from a (C, H, W) image or an (N, C, H, W) batch (tensor
     or numpy), checked as the module docstring says; on ``model``'s device and dtype when given;
-    ``input_shape`` (C, H, W) enforced when given (a Run's input)."""
+    ``input_shape`` (C, H, W) enforced when given (a Run's input); ``name``: what errors call the images."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor) or x.dim() not in (3, 4) or not x.is_floating_point():
-        raise _kind_error(x)
+        raise _kind_error(x, name)
     given = tuple(x.shape)
     x = (x[None] if x.dim() == 3 else x).detach()                                 # (N, C, H, W)
     if x.numel() == 0:
-        raise expect("x", "at least one image, (N, C, H, W) with every size >= 1", given)
+        raise expect(name, "at least one image, (N, C, H, W) with every size >= 1", given)
     channels, source = _expected_channels(model, input_shape)
     if channels is not None and x.shape[1] != channels:
-        raise _channel_error(given, channels, source)
+        raise _channel_error(given, channels, source, name)
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
-        raise expect("x", f"images of the model's input shape {tuple(input_shape)} (C, H, W)", tuple(x.shape[1:]))
+        raise expect(name, f"images of the model's input shape {tuple(input_shape)} (C, H, W)", tuple(x.shape[1:]))
     bad = ~torch.isfinite(x)
     if bad.any():
         nan = int(torch.isnan(x).sum())
-        raise expect("x", "finite (no NaN or inf)", f"{nan} NaN and {int(bad.sum()) - nan} inf values")
+        raise expect(name, "finite (no NaN or inf)", f"{nan} NaN and {int(bad.sum()) - nan} inf values")
     if _takes_pixels(model):
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
             hint = "; they look like 0-255 pixels: divide by 255" if lo >= 0 and hi > 1.5 else ""
-            err = expect("x", "pixels in [0, 1] (a Run's pixel model normalizes them itself)",
+            err = expect(name, "pixels in [0, 1] (a Run's pixel model normalizes them itself)",
                          f"values in [{lo:.4g}, {hi:.4g}]")
             raise InputError(f"{err}{hint}")
     if model is not None:
@@ -74,15 +77,15 @@ def _expected_channels(model: nn.Module | None, input_shape=None) -> tuple[int |
     return conv.in_channels, f"the model's first conv {path!r} takes {conv.in_channels} channels"
 
 
-def _kind_error(x) -> InputError:
+def _kind_error(x, name: str) -> InputError:
     if not isinstance(x, torch.Tensor):
-        return expect("x", "a float image (C, H, W) or a batch (N, C, H, W)", type(x).__name__)
-    err = expect("x", "a float image (C, H, W) or a batch (N, C, H, W)", f"{x.dtype} tensor of shape {tuple(x.shape)}")
+        return expect(name, "a float image (C, H, W) or a batch (N, C, H, W)", type(x).__name__)
+    err = expect(name, "a float image (C, H, W) or a batch (N, C, H, W)", f"{x.dtype} tensor of shape {tuple(x.shape)}")
     return InputError(f"{err}; convert 0-255 pixels with x.float() / 255") if x.dtype == torch.uint8 else err
 
 
-def _channel_error(given: tuple, channels: int, source: str) -> InputError:
-    err = expect("x", f"{channels}-channel images, ({channels}, H, W) or (N, {channels}, H, W) ({source})", given)
+def _channel_error(given: tuple, channels: int, source: str, name: str) -> InputError:
+    err = expect(name, f"{channels}-channel images, ({channels}, H, W) or (N, {channels}, H, W) ({source})", given)
     batch = len(given) == 4
     if given[-1] == channels:                                                     # (..., H, W, C)
         order = "0, 3, 1, 2" if batch else "2, 0, 1"
@@ -95,7 +98,7 @@ def _channel_error(given: tuple, channels: int, source: str) -> InputError:
 
 def _takes_pixels(model: nn.Module | None) -> bool:
     """Is ``model`` a Run's pixel model, documented to take [0, 1] pixels?"""
-    from ..training.runs import PixelModel
+    from .training.runs import PixelModel
 
     return isinstance(model, PixelModel)
 
