@@ -53,6 +53,9 @@ def measured(run_dir: Path, wall: float) -> dict:
     eps = [round(e * 255) for e in fgsm["eps"]]
     inversion = {layer["layer"]: layer["info"]["feature_error"][0] for layer in res("inversion")["layers"]}
     agreement = {row["layer"]: row["agreement"] for row in res("codes-agreement")["rows"]}
+    probe, shift = res("probe"), res("invariance-translate")
+    at8 = [i for i, a in enumerate(shift["amounts"]) if abs(a) == 8]
+    eps = res("eps-vs-dimension")
     n_cls = len(gradient["targets"])
     return {
         "wall (s)": wall,
@@ -72,6 +75,12 @@ def measured(run_dir: Path, wall: float) -> dict:
         "adversarial: reached the target": f"{sum(adversarial['success'])}/{len(adversarial['success'])}",
         "adversarial: mean L-inf (/255)": 255 * sum(adversarial["linf"]) / len(adversarial["linf"]),
         **{f"FGSM accuracy at eps {e}/255 (%)": 100 * a for e, a in zip(eps, fgsm["accuracy"]) if e in (0, 1, 4)},
+        **{f"linear probe accuracy (%), {row[0]}, {' / '.join(map(str, probe['per_class']))} per class":
+           " / ".join(row[1:]) for row in probe["table"]},
+        **{f"invariance: mean distance at ±8 px, {layer}": sum(shift["mean_distance"][i][j] for j in at8) / len(at8)
+           for i, layer in enumerate(shift["layers"])},
+        **{f"linear fooling on photos: median nudge at {s}x{s}x3": e
+           for s, e in zip(eps["sizes"], eps["median_eps"]) if s in (4, 64)},
         "saliency + GrabCut: mean IoU": res("saliency")["mean_iou"],
         **{f"5-NN class agreement, {layer} (%)": 100 * a for layer, a in agreement.items()},
     }
