@@ -87,8 +87,8 @@ def _stamped(stamps: list):
 def _class_model_case(name, model, mean, shape, n, steps, source, repeats=REPEATS):
     import torch
 
-    from convlens.visualize import objectives as O
-    from convlens.visualize.optimize import blur, jitter, optimize
+    from convlens.synthesis import objectives as O
+    from convlens.synthesis.optimize import blur, jitter, optimize
 
     targets = torch.arange(n) % 10
     center = mean.reshape(1, -1, 1, 1) if mean is not None else torch.zeros(1, 1, 1, 1)
@@ -123,8 +123,8 @@ def _inversion_case(model, source, priors: bool, steps=200, n=4):
     import torch
     from torch import nn
 
-    from convlens.visualize import objectives as O
-    from convlens.visualize.optimize import optimize
+    from convlens.synthesis import objectives as O
+    from convlens.synthesis.optimize import optimize
 
     net = model.net
     cut = list(net.features._modules).index("conv3") + 1

@@ -50,30 +50,30 @@ _API = {
     "invariance": "convlens.insight.invariance", "InvarianceResult": "convlens.insight.invariance",
     "fool_linear": "convlens.insight.linear_fooling", "LinearFooling": "convlens.insight.linear_fooling",
     "eps_vs_dimension": "convlens.insight.linear_fooling", "EpsVsDimension": "convlens.insight.linear_fooling",
-    "filters": "convlens.visualize.filters", "FilterResult": "convlens.visualize.filters",
-    "diagnose_filters": "convlens.visualize.filters", "diagnose_weights": "convlens.visualize.filters",
-    "FilterDiagnosis": "convlens.visualize.filters",
-    "occlusion": "convlens.visualize.occlusion", "OcclusionMap": "convlens.visualize.occlusion",
-    "saliency": "convlens.visualize.backprop", "deconvnet": "convlens.visualize.backprop",
-    "guided_backprop": "convlens.visualize.backprop", "segment": "convlens.visualize.segment",
-    "top_patches": "convlens.visualize.patches", "TopPatches": "convlens.visualize.patches",
+    "filters": "convlens.units.filters", "FilterResult": "convlens.units.filters",
+    "diagnose_filters": "convlens.units.filters", "diagnose_weights": "convlens.units.filters",
+    "FilterDiagnosis": "convlens.units.filters",
+    "occlusion": "convlens.units.occlusion", "OcclusionMap": "convlens.units.occlusion",
+    "saliency": "convlens.units.backprop", "deconvnet": "convlens.units.backprop",
+    "guided_backprop": "convlens.units.backprop", "segment": "convlens.units.segment",
+    "top_patches": "convlens.units.patches", "TopPatches": "convlens.units.patches",
     # image optimization (class models, inversion, adversarial, fooling)
-    "optimize": "convlens.visualize.optimize", "OptimizedImage": "convlens.visualize.optimize",
-    "class_model": "convlens.visualize.class_model", "fooling_image": "convlens.visualize.fooling",
-    "invert": "convlens.visualize.inversion",
-    "adversarial": "convlens.visualize.adversarial", "AdversarialResult": "convlens.visualize.adversarial",
+    "optimize": "convlens.synthesis.optimize", "OptimizedImage": "convlens.synthesis.optimize",
+    "class_model": "convlens.synthesis.class_model", "fooling_image": "convlens.synthesis.fooling",
+    "invert": "convlens.synthesis.inversion",
+    "adversarial": "convlens.synthesis.adversarial", "AdversarialResult": "convlens.synthesis.adversarial",
     # the CNN code space
-    "codes": "convlens.visualize.codes", "Codes": "convlens.visualize.codes",
-    "pixel_codes": "convlens.visualize.codes",
-    "neighbors": "convlens.visualize.neighbors", "Neighbors": "convlens.visualize.neighbors",
-    "agreement_by_layer": "convlens.visualize.code_agreement", "CodeAgreement": "convlens.visualize.code_agreement",
-    "tsne": "convlens.visualize.tsne", "TSNEResult": "convlens.visualize.tsne",
-    "tsne_grid": "convlens.visualize.tsne_grid", "TSNEGrid": "convlens.visualize.tsne_grid",
-    "export_projector": "convlens.visualize.projector", "ProjectorExport": "convlens.visualize.projector",
+    "codes": "convlens.codespace.codes", "Codes": "convlens.codespace.codes",
+    "pixel_codes": "convlens.codespace.codes",
+    "neighbors": "convlens.codespace.neighbors", "Neighbors": "convlens.codespace.neighbors",
+    "agreement_by_layer": "convlens.codespace.code_agreement", "CodeAgreement": "convlens.codespace.code_agreement",
+    "tsne": "convlens.codespace.tsne", "TSNEResult": "convlens.codespace.tsne",
+    "tsne_grid": "convlens.codespace.tsne_grid", "TSNEGrid": "convlens.codespace.tsne_grid",
+    "export_projector": "convlens.codespace.projector", "ProjectorExport": "convlens.codespace.projector",
     # runtime
     "keep_heap": "convlens.heap",
 }
-_MODULES = {"datasets": "convlens.datasets", "objectives": "convlens.visualize.objectives"}
+_MODULES = {"datasets": "convlens.datasets", "objectives": "convlens.synthesis.objectives"}
 _ALIASES = {"resolve_layer": "resolve"}
 
 __all__ = sorted(_API) + sorted(_MODULES) + [

@@ -258,6 +258,12 @@ def assert_as_found(model: nn.Module, state) -> None:
         "a hook was left behind"
 
 
+def hooks_left(model: nn.Module) -> int:
+    """Forward, backward and pre-hooks still registered anywhere in ``model`` (0 when a method cleaned up)."""
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
+               + len(getattr(m, "_forward_hooks_with_kwargs", {})) for m in model.modules())
+
+
 @pytest.fixture
 def one_thread():
     """Tiny tensors: one torch thread (two threads on a busy 2-core machine make a tiny conv far slower)."""

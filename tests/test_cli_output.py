@@ -128,9 +128,9 @@ def _interrupt(*args, **kwargs):
 
 @pytest.mark.parametrize("argv, patched, message", [
     (["summary", "lenet"], "convlens.arch.summary.summary", "interrupted"),
-    (["top-patches", "RUN"], "convlens.visualize.patches.top_patches", "interrupted"),
-    (["top-patches", "RUN", "--out", "PROGRESS"], "convlens.visualize.patches.top_patches", RESUME_HINT),
-    (["codes", "RUN"], "convlens.visualize.codes.codes", RESUME_HINT),
+    (["top-patches", "RUN"], "convlens.units.patches.top_patches", "interrupted"),
+    (["top-patches", "RUN", "--out", "PROGRESS"], "convlens.units.patches.top_patches", RESUME_HINT),
+    (["codes", "RUN"], "convlens.codespace.codes.codes", RESUME_HINT),
 ])
 def test_ctrl_c_says_interrupted_and_how_to_resume_and_exits_130(argv, patched, message, run_dir, tmp_path,
                                                                   monkeypatch, capsys):

@@ -11,7 +11,7 @@ import pytest
 LOOP = """
 import resource, sys, torch
 import convlens
-from convlens.visualize import objectives as O
+from convlens.synthesis import objectives as O
 kept = convlens.keep_heap() if sys.argv[1] == "keep" else None
 torch.set_num_threads(1)
 torch.manual_seed(0)

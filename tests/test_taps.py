@@ -5,17 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from convlens import LayerNotFoundError, parse
 from convlens.errors import InputError
 from convlens.taps import activations, capture
-from conftest import FIXTURE_MODELS
-
-
-def hooks_left(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks)
-               + len(getattr(m, "_forward_hooks_with_kwargs", {})) for m in model.modules())
+from conftest import FIXTURE_MODELS, hooks_left
 
 
 def grammar_net():

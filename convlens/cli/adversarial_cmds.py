@@ -23,7 +23,7 @@ def pick_images(run, n: int, *, avoid: int | None = None) -> list[int]:
     import torch
 
     from ..training.evaluate import run_test_data
-    from ..visualize.adversarial import _probs
+    from ..synthesis.adversarial import _probs
 
     data = run_test_data(run)
     rows, seen = [], set()
@@ -45,7 +45,7 @@ def run_adversarial(run, images, labels, target, *, method: str, eps: float, ste
     """The attack on ``images`` (and, with ``sweep``, untargeted FGSM accuracy vs eps on the run's first
     200 test images), saved under ``RUN/results``. Returns (AdversarialResult, FGSMSweep or None)."""
     from ..plots.adversarial import sweep_figure
-    from ..visualize.adversarial import adversarial, fgsm_sweep
+    from ..synthesis.adversarial import adversarial, fgsm_sweep
 
     result = adversarial(run, images, target, method=method, eps=eps, steps=steps, c=c, labels=labels,
                          indices=indices, progress=progress, **({"search_steps": 5} if method == "lbfgs" else {}))

@@ -1,5 +1,5 @@
 """`convlens saliency`: saliency maps with their GrabCut segmentation, deconvnet and guided backprop
-projections of a few images (thin over ``convlens.visualize.segment.explain``).
+projections of a few images (thin over ``convlens.units.segment.explain``).
 
 Saves ``RUN/results/saliency.json`` + ``saliency.npz`` (read by the report's saliency section) and
 a figure of the chosen ``--method`` (default ``RUN/results/saliency-<method>.png``).
@@ -45,7 +45,7 @@ def compute(run, *, image: Optional[Path] = None, indices: Optional[List[int]] =
     one correctly classified image per class)."""
     from ..data.images import load_image
     from ..training.evaluate import run_test_data
-    from ..visualize.segment import explain
+    from ..units.segment import explain
 
     model = run.pixel_model()
     if image is not None:

@@ -28,7 +28,7 @@ def save_result(run, name: str, result, figure, *, schema: str) -> Path | None:
     """``RUN/results/<name>.json/.npz`` and ``<name>.png``; nothing for a run without a directory."""
     from ..io import atomic_write_bytes
     from ..plots.common import to_png
-    from ..visualize.class_model import save_optimized
+    from ..synthesis.class_model import save_optimized
 
     if getattr(run, "dir", None) is None:
         return None
@@ -43,7 +43,7 @@ def compute_class_model(run, targets=None, *, n_seeds: int = 3, steps: int = 100
     """Class models (or hidden-unit maximizations) of ``run``, saved for the report; returns (the result,
     the saved JSON's path or None)."""
     from ..plots.class_model import class_model_figure
-    from ..visualize.class_model import class_model
+    from ..synthesis.class_model import class_model
 
     result = class_model(run, targets, layer=layer, unit=units, n_seeds=n_seeds, steps=steps, progress=progress)
     return result, save_result(run, UNIT_MODEL if layer else CLASS_MODEL, result, class_model_figure(result),
@@ -54,7 +54,7 @@ def compute_fooling(run, targets=None, *, method: str = "gradient", progress: bo
     """Fooling images of ``run`` by ``method``, saved for the report; returns (the result, the saved JSON's
     path or None)."""
     from ..plots.fooling import fooling_figure
-    from ..visualize.fooling import fooling_image
+    from ..synthesis.fooling import fooling_image
 
     result = fooling_image(run, targets, method=method, progress=progress, **options)
     return result, save_result(run, fooling_name(method), result, fooling_figure(result), schema="convlens.fooling/1")
@@ -125,7 +125,7 @@ def class_model_cmd(
 ) -> None:
     """Class model visualization: the image maximizing a class score (Simonyan et al. 2014) or a hidden unit."""
     from ..training.runs import load_run
-    from ..visualize.class_model import to_dict
+    from ..synthesis.class_model import to_dict
 
     loaded = load_run(run)
     if layer is None and (unit is not None):
@@ -187,7 +187,7 @@ def fooling_cmd(
 ) -> None:
     """Fooling images (Nguyen et al. 2015): unrecognizable images classified with >= 99.6% confidence."""
     from ..training.runs import load_run
-    from ..visualize.class_model import to_dict
+    from ..synthesis.class_model import to_dict
 
     loaded = load_run(run)
     options = {"steps": steps} if method == "gradient" else {"generations": generations, "encoding": encoding}

@@ -29,7 +29,7 @@ def cached_codes(run, *, layer: str | None = None, pool: str | None = None, data
                  out: Path | None = None, progress: bool = True):
     """convlens.codes of the run, cached in ``out`` (default ``RUN/codes/...``); a cache of other
     weights or data (the run retrained) is replaced."""
-    from ..visualize.codes import codes
+    from ..codespace.codes import codes
 
     folder = Path(out) if out is not None else _cache_dir(run, layer, pool, data)
     if folder is None:
@@ -71,8 +71,8 @@ def save_neighbors(run, code, *, rows=None, image=None, k: int = 8, metric: str 
     """Neighbours of the queries in code space and in raw pixels; saved for the report.
     Returns (code Neighbors, pixel Neighbors, query labels or None)."""
     from ..io import atomic_write_json, atomic_write_npz
-    from ..visualize.codes import codes, pixel_codes, thumbnails
-    from ..visualize.neighbors import neighbors
+    from ..codespace.codes import codes, pixel_codes, thumbnails
+    from ..codespace.neighbors import neighbors
 
     pixels = pixel_codes(code.data)
     if image is not None:
@@ -119,10 +119,10 @@ def save_tsne(run, code, *, n: int = 5000, perplexity: float = 30.0, seed: int =
     """t-SNE of (a seeded subset of n of) the codes, its grid, optional projector export; saved for the report.
     Returns (TSNEResult, TSNEGrid or None, ProjectorExport or None)."""
     from ..io import atomic_write_json, atomic_write_npz
-    from ..visualize.codes import thumbnails
-    from ..visualize.projector import export_projector
-    from ..visualize.tsne import tsne
-    from ..visualize.tsne_grid import tsne_grid
+    from ..codespace.codes import thumbnails
+    from ..codespace.projector import export_projector
+    from ..codespace.tsne import tsne
+    from ..codespace.tsne_grid import tsne_grid
 
     if not isinstance(n, int) or n < 4:
         raise InputError(f"--n must be an int >= 4; got {n}")
@@ -170,7 +170,7 @@ def demo_codes(run) -> None:
     """The code space of the demo run (shapesnet, 1,000 test images): label agreement per layer at k=5,
     neighbours of 6 queries (k=8), t-SNE of all 1,000 codes and its 32x32 grid; saved for the report."""
     from ..training.runs import load_run
-    from ..visualize.code_agreement import agreement_by_layer
+    from ..codespace.code_agreement import agreement_by_layer
 
     run = run if hasattr(run, "pixel_model") else load_run(run)
     code = cached_codes(run, progress=False)
@@ -202,7 +202,7 @@ def codes_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[st
               quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Extract (and cache) the CNN codes of a run's images; neighbour label agreement per layer."""
     from ..training.runs import load_run
-    from ..visualize.code_agreement import agreement_by_layer
+    from ..codespace.code_agreement import agreement_by_layer
 
     loaded = load_run(run)
     code = cached_codes(loaded, layer=layer, pool=pool, data=data, out=out, progress=show_progress(quiet))

@@ -46,7 +46,7 @@ def filters_cmd(
 ) -> None:
     """Filter grid and the lecture's quiz per conv layer: good, too noisy, too correlated, lacks structure."""
     from ..training.runs import load_run
-    from ..visualize.filters import filters
+    from ..units.filters import filters
 
     loaded = load_run(run)
     result = filters(loaded, layer)
@@ -71,6 +71,6 @@ def _text(result) -> str:
 def demo_filters(run) -> None:
     """For `convlens demo`: the first layer's filters and every layer's diagnosis, saved under RUN/results
     (well under a second for the demo net: weights only, no data)."""
-    from ..visualize.filters import filters
+    from ..units.filters import filters
 
     _save(filters(run), run, None)

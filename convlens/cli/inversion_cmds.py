@@ -53,7 +53,7 @@ def run_inversion(run, image, *, layers: Sequence[str] | None, steps: int, quadr
     ``n_inits`` times from that layer; save both under ``RUN/results``. Returns (layers result, quadrants)."""
     from ..insight.probes import choose_layers
     from ..plots.inversion import layers_figure, quadrants_figure
-    from ..visualize.inversion import invert, save_inversions
+    from ..synthesis.inversion import invert, save_inversions
 
     names = list(layers) if layers else choose_layers(run.pixel_model(), None)[0]
     per_layer = invert(run, image, names, steps=steps, seed=seed, progress=progress)

@@ -51,7 +51,7 @@ def compute(run, indices=None, image: Path | None = None, *, target=None, layer:
     from ..plots.common import to_png
     from ..plots.occlusion import occlusion_figure
     from ..training.evaluate import run_test_data
-    from ..visualize.occlusion import default_layer, occlusion, save_maps
+    from ..units.occlusion import default_layer, occlusion, save_maps
 
     layer = layer or default_layer(run.pixel_model())
     maps = []

@@ -35,7 +35,7 @@ def top_patches_cmd(
     """For every unit, the k test images that activate it most, where, and the receptive-field box (Zeiler & Fergus's
     top-9 patches, R-CNN's top regions)."""
     from ..training.runs import load_run
-    from ..visualize.patches import top_patches
+    from ..units.patches import top_patches
 
     loaded = load_run(run)
     dataset = None
@@ -68,7 +68,7 @@ def demo_patches(run) -> None:
     """Top-9 patches of every conv layer over the demo run's test split (1,000 shapes: a few seconds),
     saved where the report's "patches" section reads them."""
     from ..training.runs import load_run
-    from ..visualize.patches import top_patches
+    from ..units.patches import top_patches
 
     loaded = load_run(run) if isinstance(run, (str, Path)) else run
     if loaded.dir is None:

@@ -11,7 +11,7 @@ from .common import pyplot, to_hwc
 
 def triptych_figure(result, *, images: Sequence[int] | None = None, magnify: float = 10.0, size: float = 1.9,
                     title: str | None = None):
-    """One row per image of an :class:`~convlens.visualize.adversarial.AdversarialResult`: the original
+    """One row per image of an :class:`~convlens.synthesis.adversarial.AdversarialResult`: the original
     with its predicted class and probability, the distortion ``x_adv - x`` times ``magnify`` around
     mid-grey (0.5; clipped), with its L2 / L∞ size, and the adversarial image with the new prediction
     (red when the attack failed)."""

@@ -99,7 +99,7 @@ def projection_figure(images, projections: dict, *, titles: Sequence[str] | None
 
 
 def result_figure(result, method: str = "saliency"):
-    """A :class:`~convlens.visualize.segment.BackpropResult` as one figure: ``method`` "saliency"
+    """A :class:`~convlens.units.segment.BackpropResult` as one figure: ``method`` "saliency"
     (with the GrabCut and true masks), "deconvnet", "guided", or "projections" (both)."""
     from ..errors import expect
 
@@ -120,7 +120,7 @@ def deconv_top_figure(model, top, data, layer: str | Sequence[str], units=None, 
     unit (left, each normalized on its own) beside the image patches themselves (right), cropped with
     the same receptive-field boxes. ``top``: a TopPatches mined on ``data``; ``layer`` one or more of
     its layers (one row each); ``units`` channels (a dict: per layer), default the first ``max_units``."""
-    from ..visualize.backprop import top_projections
+    from ..units.backprop import top_projections
     from .patches import mosaic
 
     plt = pyplot()

@@ -21,7 +21,7 @@ def show(ax, image: np.ndarray) -> None:
 
 
 def class_model_figure(result, *, mode: str = "stretch", size: float = 1.45, title: str | None = None):
-    """``result``: the :class:`~convlens.visualize.optimize.OptimizedImage` of ``convlens.class_model``.
+    """``result``: the :class:`~convlens.synthesis.optimize.OptimizedImage` of ``convlens.class_model``.
     ``mode="stretch"`` shows each image stretched to its own range (the structure; the paper's display),
     ``"clip"`` the pixels as the model saw them."""
     plt = pyplot()

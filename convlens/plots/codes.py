@@ -1,7 +1,7 @@
 """Figures of the CNN code space: nearest neighbours (query column, neighbours beside it, raw pixels
 for contrast), the t-SNE scatter by class, Karpathy's cnnembed thumbnail map, the t-SNE grid mosaic,
 and neighbour label agreement per layer. Thumbnails are uint8 (N, h, w, 3) arrays
-(``convlens.visualize.codes.thumbnails``); canvases are composed in numpy and drawn with one imshow."""
+(``convlens.codespace.codes.thumbnails``); canvases are composed in numpy and drawn with one imshow."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -100,7 +100,7 @@ def thumbnail_map(embedding: np.ndarray, thumbs: np.ndarray, *, size: int = 2000
                   background: int = 255) -> np.ndarray:
     """(size, size', 3) uint8 canvas with each thumbnail centred at its embedded position (Karpathy's
     cnnembed); the embedding is scaled to the canvas, y up, later images drawn over earlier ones."""
-    from ..visualize.tsne_grid import normalized
+    from ..codespace.tsne_grid import normalized
 
     n, th, tw = thumbs.shape[:3]
     pts = normalized(np.asarray(embedding, dtype=float))  # (N, 2) in [0, 1]

@@ -15,7 +15,7 @@ def percent(p: float) -> str:
 
 
 def fooling_figure(results, *, size: float = 1.45, title: str | None = None):
-    """``results``: one :class:`~convlens.visualize.optimize.OptimizedImage` of ``convlens.fooling_image``
+    """``results``: one :class:`~convlens.synthesis.optimize.OptimizedImage` of ``convlens.fooling_image``
     or a sequence of them (one row each). A caption in red: the image did not reach the confidence goal."""
     plt = pyplot()
     rows: Sequence = [results] if not isinstance(results, (list, tuple)) else list(results)

@@ -10,7 +10,7 @@ from ..registry import section
 def adversarial(ctx) -> Section | None:
     from ...plots.adversarial import sweep_figure
     from ...plots.common import to_png
-    from ...visualize.adversarial import AdversarialResult
+    from ...synthesis.adversarial import AdversarialResult
 
     d, arrays, sweep = ctx.result("adversarial"), ctx.arrays("adversarial"), ctx.result("fgsm-sweep")
     if (d is None or arrays is None) and sweep is None:

@@ -12,7 +12,7 @@ from ..registry import section
 def class_model(ctx) -> Section | None:
     from ...plots.class_model import class_model_figure
     from ...plots.common import to_png
-    from ...visualize.class_model import from_saved
+    from ...synthesis.class_model import from_saved
 
     loaded = {name: (ctx.result(name), ctx.arrays(name)) for name in ("class-model", "unit-model")}
     loaded = {name: from_saved(d, a) for name, (d, a) in loaded.items() if d is not None and a is not None}

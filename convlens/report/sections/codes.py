@@ -89,7 +89,7 @@ def _agreement_blocks(d: dict, to_png) -> list:
 
 def _tsne_blocks(meta: dict, arrays: dict, to_png) -> list:
     from ...plots.codes import mosaic_figure, thumbnail_map_figure, tsne_scatter
-    from ...visualize.tsne_grid import TSNEGrid, normalized
+    from ...codespace.tsne_grid import TSNEGrid, normalized
 
     emb, labels, thumbs = arrays["embedding"], arrays.get("labels"), arrays.get("thumbs")
     pca = (f"PCA {meta['input_dims']} -> {meta['pca_dims']} dims ({100 * meta['explained_variance']:.1f}% of the "

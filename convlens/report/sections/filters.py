@@ -11,7 +11,7 @@ from ..registry import section
 @section("filters", order=80)
 def filters_section(ctx) -> Section | None:
     from ...plots.common import to_png
-    from ...visualize.filters import THRESHOLDS, conv_layers, filters
+    from ...units.filters import THRESHOLDS, conv_layers, filters
 
     if not conv_layers(ctx.model):
         return None

@@ -12,8 +12,8 @@ from ..registry import section
 def fooling(ctx) -> Section | None:
     from ...plots.common import to_png
     from ...plots.fooling import fooling_figure, percent
-    from ...visualize.class_model import from_saved
-    from ...visualize.fooling import METHODS
+    from ...synthesis.class_model import from_saved
+    from ...synthesis.fooling import METHODS
 
     results = []
     for method in METHODS:

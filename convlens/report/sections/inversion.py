@@ -12,7 +12,7 @@ from ..registry import section
 def inversion(ctx) -> Section | None:
     from ...plots.common import to_png
     from ...plots.inversion import layers_figure, quadrants_figure
-    from ...visualize.inversion import from_saved
+    from ...synthesis.inversion import from_saved
 
     d, arrays = ctx.result("inversion"), ctx.arrays("inversion")
     if d is None or arrays is None:

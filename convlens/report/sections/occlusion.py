@@ -12,7 +12,7 @@ from ..registry import section
 def occlusion(ctx) -> Section | None:
     from ...plots.common import to_png
     from ...plots.occlusion import occlusion_figure
-    from ...visualize.occlusion import OcclusionMap
+    from ...units.occlusion import OcclusionMap
 
     found = ctx.result("occlusion")
     if not found or not found.get("maps"):

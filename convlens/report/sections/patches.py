@@ -13,7 +13,7 @@ UNITS_SHOWN = 6
 @section("patches", order=90)
 def patches(ctx) -> Section | None:
     from ...plots.common import to_png
-    from ...visualize.patches import TopPatches
+    from ...units.patches import TopPatches
 
     d, arrays = ctx.result("top-patches"), ctx.arrays("top-patches")
     if d is None or arrays is None:

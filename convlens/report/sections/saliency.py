@@ -14,7 +14,7 @@ TOP_UNITS = 4  # units per layer in the "deconv of the top-9" figure
 @section("saliency", order=100)
 def saliency(ctx) -> Section | None:
     from ...plots.common import to_png
-    from ...visualize.segment import BackpropResult
+    from ...units.segment import BackpropResult
 
     d, arrays = ctx.result("saliency"), ctx.arrays("saliency")
     if d is None or arrays is None:
@@ -67,7 +67,7 @@ def _deconv_top(ctx) -> list:
     from ...errors import ConvLensError
     from ...plots.backprop import deconv_top_figure
     from ...plots.common import to_png
-    from ...visualize.patches import TopPatches
+    from ...units.patches import TopPatches
 
     d, arrays = ctx.result("top-patches"), ctx.arrays("top-patches")
     if d is None or arrays is None:
