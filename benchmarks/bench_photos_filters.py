@@ -7,7 +7,7 @@ included in the time) and compares its conv1 filters with the same net's at init
 - high-frequency share: of each filter's spectral energy after removing its mean, the part above
   1/4 cycle per pixel (radially); white noise puts ~3/4 of its energy there, a smooth edge or blob
   a few percent. Lower is smoother ("noisy filters" in the lecture's diagnosis). The function is
-  ``convlens.units.filters.high_frequency_share``, the diagnosis' own measure.
+  ``convlens.units.filter_diagnosis.high_frequency_share``, the diagnosis' own measure.
 - orientedness: ``|sum P(f) exp(2i theta(f))| / sum P(f)`` over the same spectrum: 1 for a single
   orientation (edge, bar, grating), 0 for an isotropic pattern; rows also count filters above 0.5.
 - flat-colour share: the energy of each filter's per-channel means (a uniform colour patch), out
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convlens.units.filters import high_frequency_share  # the diagnosis' own measure
+from convlens.units.filter_diagnosis import high_frequency_share  # the diagnosis' own measure
 
 
 def orientedness(w: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,7 @@ def run(*, grid: str | Path | None = None) -> list[dict]:
     rows.append({"case": "conv1 flat-colour energy share, mean over filters (colour blobs: high)",
                  "trained": flat_colour_share(trained).mean().item(), "peer": peer,
                  "init": flat_colour_share(init).mean().item()})
-    from convlens.units.filters import diagnose_weights
+    from convlens.units.filter_diagnosis import diagnose_weights
 
     rows.append({"case": "conv1 diagnosis (convlens.diagnose_weights)", "trained": diagnose_weights(trained).verdict,
                  "peer": peer, "init": diagnose_weights(init).verdict})

@@ -210,7 +210,7 @@ def _shown(model: nn.Module, path: str) -> str:
 def _groups(model: nn.Module) -> dict[str, str]:
     """Grammar net conv/fc name -> module path of its output (after its ReLU); {} for other models."""
     from ..arch.grammar import GrammarNet
-    from ..insight.ablation import layer_groups
+    from ..insight.rewiring import layer_groups
     from ..layers import resolve
 
     net = getattr(model, "net", model)

@@ -11,7 +11,7 @@ What is probed (stated in the result):
 * **layers** -- by default every conv and fc layer. For a grammar network (``convlens.parse``, the
   zoo, a ``convlens.train`` run) a conv/fc name stands for that layer's *output after its ReLU*
   (the last activation among the BN/ReLU/LRN/dropout that belong to it, see
-  ``convlens.insight.ablation.layer_groups``), as in the paper; the last fc (the class scores) has
+  ``convlens.insight.rewiring.layer_groups``), as in the paper; the last fc (the class scores) has
   no ReLU and is probed as it is. For any other model the default is every ``nn.Conv2d`` and
   ``nn.Linear`` by module path, probed as they output (a functional ``F.relu`` cannot be tapped);
   any name given explicitly is tapped exactly.
@@ -267,7 +267,7 @@ def choose_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[
     """(names shown, names tapped). A grammar network's conv/fc names map to their post-ReLU output."""
     from ..arch.grammar import GrammarNet
     from ..layers import resolve
-    from .ablation import layer_groups
+    from .rewiring import layer_groups
 
     net = getattr(model, "net", model)
     groups = layer_groups(net) if isinstance(net, GrammarNet) else []
@@ -347,7 +347,7 @@ def _pool(data, run, *, what: str = "data"):
 
 def _extract(model, images, labels, layers, pool, batch_size, progress) -> dict[str, np.ndarray]:
     """{tapped layer: (N, D) float32 features} through ``convlens.features``."""
-    from .. import features  # convlens.features, wherever the flat API finds it
+    from .features import features
 
     feats = features(model, (images, labels), list(dict.fromkeys(layers)), pool=pool, batch_size=batch_size,
                      progress=progress)

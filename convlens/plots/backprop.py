@@ -114,35 +114,30 @@ def result_figure(result, method: str = "saliency"):
     return projection_figure(result.images, {m: getattr(result, m) for m in chosen}, titles=titles)
 
 
-def deconv_top_figure(model, top, data, layer: str | Sequence[str], units=None, *, rule: str = "deconvnet",
-                      pad: bool = True, max_units: int = 6, size: float = 1.7):
+def deconv_top_figure(rows: Sequence[tuple[str, Sequence[tuple[int, Sequence, Sequence]]]], *, k: int,
+                      rule: str = "deconvnet", size: float = 1.7):
     """Zeiler & Fergus 2014, Fig. 2: per unit, the deconvnet projections of its top-k images from that
-    unit (left, each normalized on its own) beside the image patches themselves (right), cropped with
-    the same receptive-field boxes. ``top``: a TopPatches mined on ``data``; ``layer`` one or more of
-    its layers (one row each); ``units`` channels (a dict: per layer), default the first ``max_units``."""
-    from ..units.backprop import top_projections
+    unit (left, each normalized on its own) beside the image patches themselves (right). ``rows``: one
+    per layer, ``(layer, [(unit, projections, patches), ...])``, the unit's projections
+    (:func:`~convlens.units.backprop.top_projections`) and patches (``TopPatches.crops``) cropped with
+    the same receptive-field boxes, (C, h, w) each, best first; ``k`` cells per mosaic."""
     from .patches import mosaic
 
     plt = pyplot()
-    layers = [layer] if isinstance(layer, str) else list(layer)
-    rows = []
-    for name in layers:
-        chosen = units.get(name) if isinstance(units, dict) else units
-        chosen = list(top.units[name])[:max_units] if chosen is None else list(chosen)
+    drawn = []
+    for name, units in rows:
         cells = []
-        for u in chosen:
-            shown = [np.transpose(projection_image(p), (2, 0, 1)) if p.numel() else p
-                     for p in top_projections(model, top, data, name, int(u), rule=rule, pad=pad)]
-            left = mosaic(shown, top.k)                                   # (H, W, 3)
-            right = mosaic(top.crops(name, int(u), data, pad=pad), top.k)
+        for u, projections, patches in units:
+            shown = [np.transpose(projection_image(p), (2, 0, 1)) if _np(p).size else p for p in projections]
+            left, right = mosaic(shown, k), mosaic(patches, k)                 # (H, W, 3) each
             h = max(left.shape[0], right.shape[0])
             gap = np.ones((h, max(2, left.shape[1] // 10), 3))
             cells.append((int(u), np.concatenate([_pad_to(left, h), gap, _pad_to(right, h)], axis=1)))
-        rows.append((name, cells))
-    ncols = max([len(c) for _, c in rows] + [1])
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * size * 2.1 + 0.5, len(rows) * (size + 0.35) + 0.5),
+        drawn.append((name, cells))
+    ncols = max([len(c) for _, c in drawn] + [1])
+    fig, axes = plt.subplots(len(drawn), ncols, figsize=(ncols * size * 2.1 + 0.5, len(drawn) * (size + 0.35) + 0.5),
                              squeeze=False)
-    for r, (name, cells) in enumerate(rows):
+    for r, (name, cells) in enumerate(drawn):
         for c, ax in enumerate(axes[r]):
             ax.set_xticks([]), ax.set_yticks([])
             for spine in ax.spines.values():
@@ -151,8 +146,8 @@ def deconv_top_figure(model, top, data, layer: str | Sequence[str], units=None, 
                 ax.imshow(cells[c][1], interpolation="nearest")
                 ax.set_title(f"{name} unit {cells[c][0]}", fontsize=8)
         axes[r, 0].set_ylabel(name, fontsize=10)
-    method = _METHOD_TITLES.get("guided" if rule == "guided" else rule, rule)
-    fig.suptitle(f"Top-{top.k} patches (right) and their {method} projections from the unit (left)", fontsize=10)
+    method = _METHOD_TITLES.get(rule, rule)
+    fig.suptitle(f"Top-{k} patches (right) and their {method} projections from the unit (left)", fontsize=10)
     fig.tight_layout()
     return fig
 

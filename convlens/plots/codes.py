@@ -99,12 +99,12 @@ def tsne_scatter(embedding: np.ndarray, labels=None, class_names=None, *, ax=Non
 def thumbnail_map(embedding: np.ndarray, thumbs: np.ndarray, *, size: int = 2000,
                   background: int = 255) -> np.ndarray:
     """(size, size', 3) uint8 canvas with each thumbnail centred at its embedded position (Karpathy's
-    cnnembed); the embedding is scaled to the canvas, y up, later images drawn over earlier ones."""
-    from ..codespace.tsne_grid import normalized
-
-    n, th, tw = thumbs.shape[:3]
-    pts = normalized(np.asarray(embedding, dtype=float))  # (N, 2) in [0, 1]
-    span = np.ptp(np.asarray(embedding, dtype=float), axis=0)
+    cnnembed); the embedding is scaled to the canvas, each axis by its own range (a constant axis: the
+    middle), y up, later images drawn over earlier ones."""
+    th, tw = thumbs.shape[1:3]
+    emb = np.asarray(embedding, dtype=float)                  # (N, 2)
+    lo, span = emb.min(0), np.ptp(emb, axis=0)                # (2,) each
+    pts = np.where(span > 0, (emb - lo) / np.where(span > 0, span, 1.0), 0.5)  # (N, 2) in [0, 1]
     aspect = float(span[1] / span[0]) if span[0] > 0 and span[1] > 0 else 1.0
     width, height = int(size), max(th + 1, int(round(size * min(max(aspect, 0.5), 2.0))))
     canvas = np.full((height, width, 3), background, dtype=np.uint8)

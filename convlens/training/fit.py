@@ -11,32 +11,27 @@ Determinism: the random streams of epoch ``e`` (shuffling, augmentation, dropout
 weights bit for bit (on CPU; on GPU also set ``torch.use_deterministic_algorithms(True)``), and a
 run resumed from its checkpoint ends exactly where an uninterrupted one does. The caller's global
 RNG state is left as found. Each epoch drops its last partial batch (a fresh shuffle each epoch
-means every image is still seen).
+means every image is still seen). The run directory (resuming, saving each epoch, the manifest) is
+``session.py``'s.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import platform
-import shutil
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..arch.grammar import GrammarNet, describe
 from ..arch.zoo import build, is_zoo_name
-from ..errors import InputError, RunError, expect
-from .checkpoint import (differences, load_checkpoint, prepare_out, save_checkpoint, save_tensors, stale_manifest,
-                         write_json)
-from .runs import CHECKPOINT, MANIFEST, RUN_FORMAT, WEIGHTS, Run
+from ..errors import InputError, expect
+from .checkpoint import stale_manifest
+from .runs import MANIFEST, WEIGHTS, Run
+from .session import Session, as_run, fingerprint, plain_json, resume, run_folder, save_epoch, write_outputs
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "none")
@@ -90,45 +85,28 @@ def train(arch: str | GrammarNet, data, *, out: str | Path, test_data=None, epoc
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise expect("num_workers", "an int >= 0", num_workers)
     train_ds, test_ds = _resolve_data(data, test_data)
-    with _run_folder(Path(out), overwrite=overwrite) as out:
+    with run_folder(Path(out), overwrite=overwrite) as out:
         mean, std = _dataset_stats(train_ds, num_workers)
         dev = torch.device(device) if device is not None else _default_device(arch)
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             net, arch_info = _build(arch, train_ds)
             net.to(dev)
-            settings = _json({"arch": arch_info, "data": _fingerprint(train_ds, mean, std), "hyper": hyper})
+            settings = plain_json({"arch": arch_info, "data": fingerprint(train_ds, mean, std), "hyper": hyper})
             opt = _optimizer(net, hyper)
-            history, start = _resume(out, settings, net, opt)
-            s = _Session(out, net, opt, arch_info, settings, hyper, mean, std, train_ds, test_ds, history)
+            history, start = resume(out, settings, net, opt)
+            s = Session(out, net, opt, arch_info, settings, hyper, mean, std, train_ds, test_ds, history)
             if start >= hyper["epochs"]:
                 if stale_manifest(out / MANIFEST, out / WEIGHTS, epochs_done=start):  # killed after the checkpoint
-                    _write_outputs(s, status="complete", weights_too=True)
-                return _as_run(s, already_done=True)
+                    write_outputs(s, status="complete", weights_too=True)
+                return as_run(s, already_done=True)
             _loop(s, start, num_workers=num_workers, progress=progress, callback=callback)
-    return _as_run(s, already_done=False)
-
-
-@dataclass
-class _Session:
-    """Everything one call of ``train`` works with."""
-
-    out: Path
-    net: GrammarNet
-    opt: torch.optim.Optimizer
-    arch_info: dict
-    settings: dict  # what must match to resume: arch, data fingerprint, hyper-parameters
-    hyper: dict
-    mean: torch.Tensor  # (C,)
-    std: torch.Tensor  # (C,)
-    train_ds: Any
-    test_ds: Any
-    history: list[dict]
+    return as_run(s, already_done=False)
 
 
 # ---- the loop --------------------------------------------------------------------------------------
 
-def _loop(s: _Session, start: int, *, num_workers: int, progress: bool, callback) -> None:
+def _loop(s: Session, start: int, *, num_workers: int, progress: bool, callback) -> None:
     from tqdm.auto import tqdm
 
     net, opt, hyper = s.net, s.opt, s.hyper
@@ -178,7 +156,7 @@ def _loop(s: _Session, start: int, *, num_workers: int, progress: bool, callback
                 record["test_loss"], record["test_acc"] = _test_metrics(net, s.test_ds, mean, std, 2 * b)
             record["seconds"] = round(time.perf_counter() - t0, 3)
             s.history.append(record)
-            _save_epoch(s, epochs_done=epoch + 1, status="complete" if epoch + 1 == epochs else "training")
+            save_epoch(s, epochs_done=epoch + 1, status="complete" if epoch + 1 == epochs else "training")
             if progress:
                 bar.write(epoch_line(record, epochs))
             if callback is not None:
@@ -381,90 +359,3 @@ def _optimizer(net: nn.Module, h: dict) -> torch.optim.Optimizer:
     return torch.optim.Adam(net.parameters(), lr=h["lr"], weight_decay=h["weight_decay"])
 
 
-def _fingerprint(ds, mean: torch.Tensor, std: torch.Tensor) -> dict:
-    """What identifies the training data: its load spec, size, classes, label hash, channel stats."""
-    labels = np.ascontiguousarray(ds.labels.cpu().numpy())
-    return {"spec": getattr(ds, "spec", None), "n": len(labels), "input_shape": list(ds.input_shape),
-            "class_names": list(ds.class_names), "labels_sha1": hashlib.sha1(labels.tobytes()).hexdigest(),
-            "mean": mean.tolist(), "std": std.tolist()}
-
-
-def _json(obj):
-    return json.loads(json.dumps(obj))
-
-
-# ---- run directory -----------------------------------------------------------------------------------
-
-@contextmanager
-def _run_folder(out: Path, *, overwrite: bool):
-    """``out`` made ready for a run. A folder this call creates is removed again if the call stops (an
-    error, Ctrl-C) before its first epoch is saved: no empty run folder is left behind."""
-    created = not out.exists()
-    out = prepare_out(out, names=(CHECKPOINT, WEIGHTS, MANIFEST), overwrite=overwrite)
-    try:
-        yield out
-    except BaseException:
-        if created and not (out / CHECKPOINT).exists():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def _resume(out: Path, settings: dict, net: nn.Module, opt) -> tuple[list[dict], int]:
-    """(history, first epoch to train): the checkpoint's, or ([], 0) for a fresh run."""
-    if not (out / CHECKPOINT).exists():
-        if (out / MANIFEST).exists() or (out / WEIGHTS).exists():
-            raise RunError(f"{out}: holds run files but no {CHECKPOINT} to resume from; pass overwrite=True "
-                           "(CLI --overwrite) to start over, or choose another out")
-        return [], 0
-    model_state, optim_state, info = load_checkpoint(out / CHECKPOINT)
-    diffs = differences(info.get("settings", {}), settings)
-    if diffs:
-        raise RunError(f"{out}: holds a run trained with different settings ({'; '.join(diffs[:5])}); pass "
-                       "overwrite=True (CLI --overwrite) to start over, or choose another out")
-    net.load_state_dict(model_state)
-    opt.load_state_dict(optim_state)
-    return list(info["history"]), int(info["epochs_done"])
-
-
-def _save_epoch(s: _Session, *, epochs_done: int, status: str) -> None:
-    """Checkpoint first (the truth for resuming), then weights, then the manifest; each atomic."""
-    info = {"epochs_done": epochs_done, "history": s.history, "settings": s.settings}
-    save_checkpoint(s.out / CHECKPOINT, model_state=s.net.state_dict(),
-                    optim_state=s.opt.state_dict(), info=info)
-    _write_outputs(s, status=status, weights_too=True)
-
-
-def _write_outputs(s: _Session, *, status: str, weights_too: bool) -> None:
-    if weights_too:
-        save_tensors(s.out / WEIGHTS, s.net.state_dict(), metadata={"format": "pt"})
-    write_json(s.out / MANIFEST, _manifest(s, status))
-
-
-def _manifest(s: _Session, status: str) -> dict:
-    from .. import __version__
-
-    test = s.test_ds
-    data = {"source": getattr(s.train_ds, "source", ""),
-            "train": _dataset_info(s.train_ds), "test": _dataset_info(test) if test is not None else None}
-    return {"format": RUN_FORMAT, "version": 1, "status": status, "epochs_done": len(s.history),
-            "arch": s.arch_info, "input_shape": s.arch_info["input_shape"],
-            "class_names": list(s.train_ds.class_names),
-            "normalization": {"mean": s.mean.tolist(), "std": s.std.tolist()},
-            "data": data, "hyperparameters": s.hyper, "history": s.history,
-            "files": {"weights": WEIGHTS, "checkpoint": CHECKPOINT},
-            "versions": {"convlens": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()}}
-
-
-def _dataset_info(ds) -> dict:
-    if hasattr(ds, "to_dict"):
-        return _json(ds.to_dict())
-    return {"source": getattr(ds, "source", ""), "size": len(ds.labels), "class_names": list(ds.class_names)}
-
-
-def _as_run(s: _Session, *, already_done: bool) -> Run:
-    s.net.eval()
-    names = list(s.train_ds.class_names)
-    manifest = _manifest(s, "complete" if len(s.history) >= s.hyper["epochs"] else "training")
-    return Run(s.net, names, s.mean.clone(), s.std.clone(), tuple(s.arch_info["input_shape"]),
-               manifest, dir=s.out, path=s.out, already_done=already_done)

@@ -1,11 +1,12 @@
 """What units respond to (the lecture's "visualizing and understanding" slides): one module per method,
 each a pure computation returning a result object (figures in ``convlens.plots``).
 
-- ``filters``    -- filter grids and the noisy / correlated / structureless diagnosis
+- ``filters``    -- filter grids and the noisy / correlated / structureless diagnosis (``filter_diagnosis``:
+  the measures and verdicts)
 - ``patches``    -- top-k patches per unit, streamed, resumable, shardable (``_topk``: the running heaps)
 - ``backprop``   -- one modified-gradient core: saliency, deconvnet, guided backprop
 - ``segment``    -- saliency-seeded GrabCut segmentation
 - ``occlusion``  -- occlusion maps (``occlusion_map``: the result) by exact incremental inference
-  (``opgraph`` records the forward, ``incremental`` replays patches of it) or approximately, with the
-  bound of ``occlusion_bound``
+  (``opgraph`` records the forward, ``incremental_plan`` plans which box of each layer a position changes,
+  ``incremental`` replays patches of it) or approximately, with the bound of ``occlusion_bound``
 """

@@ -205,7 +205,7 @@ def choose_layers(model: nn.Module, layers) -> tuple[list[str], list[str]]:
     """(names shown, names read): every conv layer by default; a grammar net's conv names read after
     their BN/ReLU."""
     from ..arch.grammar import GrammarNet
-    from ..insight.ablation import layer_groups
+    from ..insight.rewiring import layer_groups
     from ..layers import display_names, resolve
     from ..taps import _names, scripted_path, torchscript_error
 

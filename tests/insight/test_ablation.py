@@ -11,7 +11,8 @@ from convlens import datasets
 from convlens.arch.grammar import parse
 from convlens.arch.summary import summary
 from convlens.errors import InputError, LayerNotFoundError
-from convlens.insight.ablation import AblationResult, ablate, layer_groups, remove_layers
+from convlens.insight.ablation import AblationResult, ablate
+from convlens.insight.rewiring import layer_groups, remove_layers
 from convlens.training.fit import train
 from convlens.training.runs import load_run
 

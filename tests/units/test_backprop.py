@@ -441,4 +441,6 @@ def test_top_projections_are_the_layer_unit_projections_cropped_like_the_patches
             torch.testing.assert_close(crop, img[:, t:b, left:right])
         padded = top_projections(bn_net, top, data, layer, unit, rule="guided")
         assert [p.shape for p in padded] == [p.shape for p in top.crops(layer, unit, data, pad=True)]
-    assert deconv_top_figure(bn_net, top, data, ["features.2", "features.6"], [0, 1]).axes
+    by_layer = [(layer, [(u, top_projections(bn_net, top, data, layer, u), top.crops(layer, u, data, pad=True))
+                         for u in (0, 1)]) for layer in ("features.2", "features.6")]
+    assert len(deconv_top_figure(by_layer, k=top.k).axes) == 4               # 2 layers x 2 units

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from convlens.errors import InputError, LayerNotFoundError
-from convlens.units.filters import (FilterResult, diagnose_filters, diagnose_weights, filters,
-                                        high_frequency_share, max_similarity, redundancy, similarities, smoothness)
+from convlens.units.filter_diagnosis import (diagnose_weights, high_frequency_share, max_similarity, redundancy,
+                                             similarities, smoothness)
+from convlens.units.filters import FilterResult, diagnose_filters, filters
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -67,6 +67,7 @@ def _deconv_top(ctx) -> list:
     from ...errors import ConvLensError
     from ...plots.backprop import deconv_top_figure
     from ...plots.common import to_png
+    from ...units.backprop import top_projections
     from ...units.patches import TopPatches
 
     d, arrays = ctx.result("top-patches"), ctx.arrays("top-patches")
@@ -86,12 +87,14 @@ def _deconv_top(ctx) -> list:
                      f"were mined on could not be read back ({err}).")]
     names = list(top.layers)
     layers = names if len(names) <= 3 else [names[0], names[len(names) // 2], names[-1]]
-    units = {}
+    model, rows = ctx.run.pixel_model(), []
     for n in layers:
         v = top.values[n]                                              # (U, k), NaN where no image
         best = np.nan_to_num(v, nan=-np.inf).max(1)                   # (U,) the top-1 value
-        units[n] = [int(top.units[n][i]) for i in np.argsort(-best, kind="stable")[:TOP_UNITS]]
-    fig = deconv_top_figure(ctx.run.pixel_model(), top, data, layers, units)
+        units = [int(top.units[n][i]) for i in np.argsort(-best, kind="stable")[:TOP_UNITS]]
+        rows.append((n, [(u, top_projections(model, top, data, n, u), top.crops(n, u, data, pad=True))
+                         for u in units]))
+    fig = deconv_top_figure(rows, k=top.k)
     return [Figure("deconv-top9", to_png(fig),
                    f"Zeiler & Fergus's Fig. 2 on this model: per unit (the {TOP_UNITS} strongest of "
                    f"{', '.join(layers)}), "
