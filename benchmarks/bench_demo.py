@@ -41,12 +41,16 @@ def run() -> list[dict]:
 
 
 def measured(run_dir: Path, wall: float) -> dict:
-    """The README's figures, from the files a demo run writes (run.json and results/*.json)."""
+    """The README's figures, from the files a demo run writes (run.json, results/*.json, and the results
+    store's records of how long each analysis took)."""
+    from convlens.cli.demo_steps import RESULTS
+    from convlens.results import ResultStore
+
     def read(name):
         return json.loads((run_dir / name).read_text())
 
     manifest, res = read("run.json"), lambda name: read(f"results/{name}.json")
-    steps, evaluation = res("demo-steps"), res("evaluation")
+    store, evaluation = ResultStore(run_dir), res("evaluation")
     gradient, evolution = res("fooling-gradient")["info"], res("fooling-evolution")["info"]
     classes = res("class-model")["info"]
     adversarial, fgsm = res("adversarial"), res("fgsm-sweep")
@@ -60,7 +64,7 @@ def measured(run_dir: Path, wall: float) -> dict:
     return {
         "wall (s)": wall,
         "training (s)": sum(epoch["seconds"] for epoch in manifest["history"]),
-        "analyses (s)": sum(steps.values()),
+        "analyses (s)": sum(store.entry(name).seconds for name in RESULTS),
         "test accuracy (%)": 100 * (1 - evaluation["top1_error"]),
         "top-5 error (%)": 100 * evaluation["top5_error"],
         "fooling, gradient: classes at >= 99.6%": f"{sum(gradient['reached'])}/{n_cls}",

@@ -46,13 +46,13 @@ _API = {
     "HealthReport": "convlens.insight.health",
     "probe": "convlens.insight.probes", "ProbeResult": "convlens.insight.probes",
     "ablate": "convlens.insight.ablation", "AblationResult": "convlens.insight.ablation",
-    "remove_layers": "convlens.insight.ablation",
+    "remove_layers": "convlens.insight.rewiring",
     "invariance": "convlens.insight.invariance", "InvarianceResult": "convlens.insight.invariance",
     "fool_linear": "convlens.insight.linear_fooling", "LinearFooling": "convlens.insight.linear_fooling",
     "eps_vs_dimension": "convlens.insight.linear_fooling", "EpsVsDimension": "convlens.insight.linear_fooling",
     "filters": "convlens.units.filters", "FilterResult": "convlens.units.filters",
-    "diagnose_filters": "convlens.units.filters", "diagnose_weights": "convlens.units.filters",
-    "FilterDiagnosis": "convlens.units.filters",
+    "diagnose_filters": "convlens.units.filters", "diagnose_weights": "convlens.units.filter_diagnosis",
+    "FilterDiagnosis": "convlens.units.filter_diagnosis",
     "occlusion": "convlens.units.occlusion", "OcclusionMap": "convlens.units.occlusion",
     "saliency": "convlens.units.backprop", "deconvnet": "convlens.units.backprop",
     "guided_backprop": "convlens.units.backprop", "segment": "convlens.units.segment",
@@ -70,6 +70,8 @@ _API = {
     "tsne": "convlens.codespace.tsne", "TSNEResult": "convlens.codespace.tsne",
     "tsne_grid": "convlens.codespace.tsne_grid", "TSNEGrid": "convlens.codespace.tsne_grid",
     "export_projector": "convlens.codespace.projector", "ProjectorExport": "convlens.codespace.projector",
+    # the results of a run
+    "ResultStore": "convlens.results",
     # runtime
     "keep_heap": "convlens.heap",
 }

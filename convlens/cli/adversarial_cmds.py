@@ -1,7 +1,8 @@
 """`convlens adversarial`: a thin wrapper over convlens.adversarial (Szegedy et al. 2014; FGSM, PGD).
 
-Saves ``RUN/results/adversarial.json/.npz`` and ``adversarial.png`` (the triptychs), and with
-``--sweep`` ``RUN/results/fgsm-sweep.json`` (accuracy vs eps); the report's adversarial section reads them.
+Saves ``RUN/results/adversarial.json/.npz`` and ``adversarial.png`` (the triptychs; with other options,
+beside them as ``adversarial@<key>.*``), and with ``--sweep`` ``RUN/results/fgsm-sweep.json`` (accuracy
+vs eps); the report's adversarial section reads them.
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import List, Optional
 
 import typer
 
+from ..results import saving
 from .app import app
-from .inversion_cmds import _save_png, load_inputs
+from .inversion_cmds import load_inputs
+from .options import given_options
 from .output import echo_saved, show_progress
 
 SWEEP_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
@@ -40,35 +43,40 @@ def pick_images(run, n: int, *, avoid: int | None = None) -> list[int]:
     return rows
 
 
-def run_adversarial(run, images, labels, target, *, method: str, eps: float, steps: int | None, c: float | None,
-                    indices=(), sweep: bool = False, progress: bool = False):
-    """The attack on ``images`` (and, with ``sweep``, untargeted FGSM accuracy vs eps on the run's first
-    200 test images), saved under ``RUN/results``. Returns (AdversarialResult, FGSMSweep or None)."""
+def attack(run, images, labels, target, *, options: dict | None = None, method: str = "lbfgs", eps: float = 8 / 255,
+           steps: int | None = None, c: float | None = None, indices=(), progress: bool = False):
+    """The attack on ``images`` with its triptychs, saved as the default result, or beside it with ``options``
+    (the command's); returns (the AdversarialResult, the JSON's path or None)."""
+    from ..plots.common import to_png
+    from ..synthesis.adversarial import adversarial
+
+    with saving(run, "adversarial", options) as saver:
+        result = adversarial(run, images, target, method=method, eps=eps, steps=steps, c=c, labels=labels,
+                             indices=indices, progress=progress, **({"search_steps": 5} if method == "lbfgs" else {}))
+        saver.save(result)
+        saver.figure(lambda: to_png(result.plot()))
+    return result, saver.path
+
+
+def sweep(run):
+    """Untargeted FGSM accuracy vs eps on the run's first 200 test images, saved with its figure; returns (the
+    FGSMSweep, the JSON's path or None)."""
     from ..plots.adversarial import sweep_figure
-    from ..synthesis.adversarial import adversarial, fgsm_sweep
+    from ..plots.common import to_png
+    from ..synthesis.adversarial import fgsm_sweep
+    from ..training.evaluate import run_test_data
 
-    result = adversarial(run, images, target, method=method, eps=eps, steps=steps, c=c, labels=labels,
-                         indices=indices, progress=progress, **({"search_steps": 5} if method == "lbfgs" else {}))
-    swept = None
-    if sweep:
-        from ..training.evaluate import run_test_data
-
+    with saving(run, "fgsm-sweep") as saver:
         data = run_test_data(run)
         swept = fgsm_sweep(run, data.images[:200], data.labels[:200], SWEEP_EPS)
-    if run.dir is not None:
-        from ..io import atomic_write_json
-
-        out = Path(run.dir) / "results"
-        result.save(out / "adversarial")
-        _save_png(out / "adversarial.png", result.plot())
-        if swept is not None:
-            atomic_write_json(out / "fgsm-sweep.json", swept.to_dict())
-            _save_png(out / "fgsm-sweep.png", sweep_figure([swept.to_dict()]))
-    return result, swept
+        saver.save(swept)
+        saver.figure(lambda: to_png(sweep_figure([swept.to_dict()])))
+    return swept, saver.path
 
 
 @app.command("adversarial")
 def adversarial_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     image: Optional[Path] = typer.Argument(None, help="An image file (default: test images of the run)."),
     index: List[int] = typer.Option([], "--index", help="Row of the run's test data; repeat for more (default: "
@@ -79,8 +87,8 @@ def adversarial_cmd(
     eps: float = typer.Option(8 / 255, "--eps", help="L∞ budget of fgsm/pgd, in [0, 1] pixel units."),
     steps: Optional[int] = typer.Option(None, "--steps", help="L-BFGS iterations per c (50) or PGD steps (20)."),
     c: Optional[float] = typer.Option(None, "--c", help="lbfgs: the distortion weight (default: line search)."),
-    sweep: bool = typer.Option(False, "--sweep", help="Also: accuracy under untargeted FGSM vs eps (200 test "
-                                                      "images)."),
+    with_sweep: bool = typer.Option(False, "--sweep", help="Also: accuracy under untargeted FGSM vs eps (200 "
+                                                           "test images)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -93,8 +101,12 @@ def adversarial_cmd(
     if image is None and not rows:
         rows = pick_images(loaded, 4, avoid=_class(loaded, tgt))
     x, labels, indices = load_inputs(loaded, image, rows)
-    result, swept = run_adversarial(loaded, x, labels, tgt, method=method, eps=eps, steps=steps, c=c,
-                                    indices=indices, sweep=sweep, progress=show_progress(quiet))
+    result, path = attack(loaded, x, labels, tgt, options=given_options(ctx, "adversarial"), method=method, eps=eps,
+                          steps=steps, c=c, indices=indices, progress=show_progress(quiet))
+    saved, swept = [f"{path} (+ .npz, .png)"], None
+    if with_sweep:
+        swept, path = sweep(loaded)
+        saved.append(f"{path} (+ .png)")
     if as_json:
         typer.echo(json.dumps(result.to_dict() | ({"sweep": swept.to_dict()} if swept else {}), indent=2))
     else:
@@ -103,10 +115,6 @@ def adversarial_cmd(
             typer.echo("untargeted FGSM accuracy: " + ", ".join(f"eps {255 * e:g}/255: {100 * a:.1f}%"
                                                                 for e, a in zip(swept.eps, swept.accuracy)))
     if loaded.dir is not None:
-        results = Path(loaded.dir) / "results"
-        saved = [f"{results / 'adversarial.json'} (+ .npz, .png)"]
-        if swept is not None:
-            saved.append(f"{results / 'fgsm-sweep.json'} (+ .png)")
         echo_saved(*saved, as_json=as_json)
 
 
@@ -141,5 +149,5 @@ def demo_adversarial(run) -> None:
     target = demo_target(run)
     rows = pick_images(run, 4, avoid=_class(run, target))
     x, labels, indices = load_inputs(run, None, rows)
-    run_adversarial(run, x, labels, target, method="lbfgs", eps=8 / 255, steps=30, c=None, indices=indices,
-                    sweep=True)
+    attack(run, x, labels, target, method="lbfgs", eps=8 / 255, steps=30, indices=indices)
+    sweep(run)

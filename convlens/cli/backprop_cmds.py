@@ -2,8 +2,9 @@
 projections of a few images (thin over ``convlens.units.segment.explain``).
 
 Saves ``RUN/results/saliency.json`` + ``saliency.npz`` (read by the report's saliency section) and
-a figure of the chosen ``--method`` (default ``RUN/results/saliency-<method>.png``).
-``demo_saliency(run)`` does the same with the demo's defaults (one image per class).
+a figure of the chosen ``--method`` (default ``RUN/results/saliency-<method>.png``); with an IMAGE,
+``--index``, ``--target`` or ``--n``, beside them as ``saliency@<key>.*``.
+``demo_saliency(run)`` computes the default result (one image per class).
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved
 
 METHODS = ("saliency", "deconvnet", "guided")
@@ -66,20 +69,25 @@ def compute(run, *, image: Optional[Path] = None, indices: Optional[List[int]] =
                    data=f"{getattr(data, 'name', 'data')} (test split)")
 
 
-def save(run, result, method: str = "saliency", figure: Optional[Path] = None) -> tuple[Path, Path]:
-    """``RUN/results/saliency.json/.npz`` and the ``method`` figure; returns (the JSON's path, the figure's)."""
+def run_saliency(run, *, options: dict | None = None, method: str = "saliency", figure: Optional[Path] = None,
+                 **how) -> tuple:
+    """``compute(run, **how)`` saved as the default result (or beside it with ``options``, the command's) and
+    its ``method`` figure (``figure``, else ``RUN/results/<stem>-<method>.png``); returns (the result, the
+    JSON's path, the figure's)."""
     from ..io import atomic_write_bytes
     from ..plots.common import to_png
 
-    results = Path(run.dir) / "results"
-    saved = result.save(results / "saliency.json")
-    figure = figure or results / f"saliency-{method}.png"
-    atomic_write_bytes(figure, to_png(result.plot(method)))
-    return saved, figure
+    with saving(run, "saliency", options) as saver:
+        result = compute(run, **how)
+        saved = saver.save(result)
+        render = lambda: to_png(result.plot(method))  # noqa: E731
+        figure = atomic_write_bytes(figure, render()) if figure is not None else saver.figure(render, f"-{method}")
+    return result, saved, figure
 
 
 @app.command("saliency")
 def saliency_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     image: Optional[Path] = typer.Argument(None, help="An image file (default: images of the run's test split)."),
     index: Optional[List[int]] = typer.Option(None, "--index", help="Rows of the test split (repeatable; default: "
@@ -101,8 +109,8 @@ def saliency_cmd(
     if loaded.dir is None:
         raise InputError(f"RUN must be a run directory (results are saved inside it); got {run}")
     chosen = int(target) if target is not None and target.lstrip("-").isdigit() else target
-    result = compute(loaded, image=image, indices=index, target=chosen, n=n)
-    saved, figure = save(loaded, result, method, out)
+    result, saved, figure = run_saliency(loaded, options=given_options(ctx, "saliency"), method=method, figure=out,
+                                         image=image, indices=index, target=chosen, n=n)
     typer.echo(repr(result))
     echo_saved(f"{saved} (+ .npz)", figure)
 
@@ -112,6 +120,4 @@ def demo_saliency(run) -> None:
     one test image per class; saved where the report's saliency section reads them."""
     from ..training.runs import load_run
 
-    run = run if hasattr(run, "pixel_model") else load_run(run)
-    result = compute(run, n=8)
-    save(run, result, "saliency")
+    run_saliency(run if hasattr(run, "pixel_model") else load_run(run), n=8)

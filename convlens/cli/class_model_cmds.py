@@ -2,8 +2,9 @@
 convlens.fooling_image.
 
 `class-model` saves ``RUN/results/class-model.json/.npz/.png`` (or, with ``--layer``,
-``unit-model.*``); `fooling` saves ``RUN/results/fooling-<method>.json/.npz/.png``. The report's
-class-model and fooling sections read them.
+``unit-model.*``); `fooling` saves ``RUN/results/fooling-<method>.json/.npz/.png``: the default results,
+which the report's class-model and fooling sections show. With other options (``--class star``,
+``--steps 50``) a result is kept beside them, as ``<name>@<key>.*`` (convlens.results).
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InputError
+from ..errors import InputError, expect
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved, show_progress, table
 
 CLASS_MODEL, UNIT_MODEL = "class-model", "unit-model"
@@ -24,40 +27,34 @@ def fooling_name(method: str) -> str:
     return f"fooling-{method}"
 
 
-def save_result(run, name: str, result, figure, *, schema: str) -> Path | None:
-    """``RUN/results/<name>.json/.npz`` and ``<name>.png``; nothing for a run without a directory."""
-    from ..io import atomic_write_bytes
-    from ..plots.common import to_png
-    from ..synthesis.class_model import save_optimized
-
-    if getattr(run, "dir", None) is None:
-        return None
-    out = Path(run.dir) / "results"
-    path = save_optimized(out / name, result, schema=schema)
-    atomic_write_bytes(out / f"{name}.png", to_png(figure))
-    return path
-
-
-def compute_class_model(run, targets=None, *, n_seeds: int = 3, steps: int = 100, layer: str | None = None,
-                        units=None, progress: bool = False):
-    """Class models (or hidden-unit maximizations) of ``run``, saved for the report; returns (the result,
-    the saved JSON's path or None)."""
+def compute_class_model(run, targets=None, *, options: dict | None = None, n_seeds: int = 3, steps: int = 100,
+                        layer: str | None = None, units=None, progress: bool = False):
+    """Class models (or hidden-unit maximizations) of ``run``, saved as the default result, or beside it with
+    ``options`` (the command's, see ``given_options``); returns (the result, the saved JSON's path or None)."""
     from ..plots.class_model import class_model_figure
+    from ..plots.common import to_png
     from ..synthesis.class_model import class_model
 
-    result = class_model(run, targets, layer=layer, unit=units, n_seeds=n_seeds, steps=steps, progress=progress)
-    return result, save_result(run, UNIT_MODEL if layer else CLASS_MODEL, result, class_model_figure(result),
-                               schema="convlens.class_model/1")
+    with saving(run, UNIT_MODEL if layer else CLASS_MODEL, options) as out:
+        result = class_model(run, targets, layer=layer, unit=units, n_seeds=n_seeds, steps=steps, progress=progress)
+        out.save(result)
+        out.figure(lambda: to_png(class_model_figure(result)))
+    return result, out.path
 
 
-def compute_fooling(run, targets=None, *, method: str = "gradient", progress: bool = False, **options):
-    """Fooling images of ``run`` by ``method``, saved for the report; returns (the result, the saved JSON's
-    path or None)."""
+def compute_fooling(run, targets=None, *, method: str = "gradient", options: dict | None = None,
+                    progress: bool = False, **kwargs):
+    """Fooling images of ``run`` by ``method``, saved as the default result, or beside it with ``options``;
+    returns (the result, the saved JSON's path or None)."""
+    from ..plots.common import to_png
     from ..plots.fooling import fooling_figure
     from ..synthesis.fooling import fooling_image
 
-    result = fooling_image(run, targets, method=method, progress=progress, **options)
-    return result, save_result(run, fooling_name(method), result, fooling_figure(result), schema="convlens.fooling/1")
+    with saving(run, fooling_name(method), options) as out:
+        result = fooling_image(run, targets, method=method, progress=progress, **kwargs)
+        out.save(result)
+        out.figure(lambda: to_png(fooling_figure(result)))
+    return result, out.path
 
 
 def last_conv(run) -> str:
@@ -113,6 +110,7 @@ def _units(text: str | None) -> list[int] | None:
 
 @app.command("class-model")
 def class_model_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     classes: List[str] = typer.Option([], "--class", help="Class name or index; repeat for more."),
     every: bool = typer.Option(False, "--all", help="Every class (one column each)."),
@@ -137,8 +135,10 @@ def class_model_cmd(
     units = _units(unit) if layer is not None else None
     if layer is not None and units is None:
         units = list(range(8))
-    result, saved = compute_class_model(loaded, None if layer else _targets(loaded, classes, every), n_seeds=seeds,
-                                        steps=steps, layer=layer, units=units, progress=show_progress(quiet))
+    result, saved = compute_class_model(loaded, None if layer else _targets(loaded, classes, every),
+                                        options=given_options(ctx, UNIT_MODEL if layer else CLASS_MODEL),
+                                        n_seeds=seeds, steps=steps, layer=layer, units=units,
+                                        progress=show_progress(quiet))
     if as_json:
         typer.echo(json.dumps(to_dict(result, schema="convlens.class_model/1"), indent=2))
     else:
@@ -170,6 +170,7 @@ def _class_model_text(result, steps: int) -> str:
 
 @app.command("fooling")
 def fooling_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     classes: List[str] = typer.Option([], "--class", help="Class name or index; repeat for more (default: all)."),
     every: bool = typer.Option(False, "--all", help="Every class (the default)."),
@@ -188,11 +189,15 @@ def fooling_cmd(
     """Fooling images (Nguyen et al. 2015): unrecognizable images classified with >= 99.6% confidence."""
     from ..training.runs import load_run
     from ..synthesis.class_model import to_dict
+    from ..synthesis.fooling import METHODS
 
+    if method not in METHODS:
+        raise expect("--method", " or ".join(METHODS), method)
     loaded = load_run(run)
-    options = {"steps": steps} if method == "gradient" else {"generations": generations, "encoding": encoding}
-    result, saved = compute_fooling(loaded, _targets(loaded, classes, every), method=method, confidence=confidence,
-                                    seed=seed, progress=show_progress(quiet), **options)
+    settings = {"steps": steps} if method == "gradient" else {"generations": generations, "encoding": encoding}
+    result, saved = compute_fooling(loaded, _targets(loaded, classes, every), method=method,
+                                    options=given_options(ctx, fooling_name(method)), confidence=confidence,
+                                    seed=seed, progress=show_progress(quiet), **settings)
     if as_json:
         typer.echo(json.dumps(to_dict(result, schema="convlens.fooling/1"), indent=2))
     else:

@@ -2,14 +2,15 @@
 
 Thin over convlens.codes / neighbors / tsne / tsne_grid / export_projector. Codes are cached in
 ``RUN/codes/<layer>-<pool>[-<data>]/`` (``convlens.features`` layout: memmaps + manifest; resumed
-after an interruption, reused by the next command). Results for the report's "codes" section:
-``RUN/results/codes-agreement.json``, ``codes-neighbors.json/.npz`` and ``codes-tsne.json/.npz``.
+after an interruption, reused by the next command while the run's weights and data are those it was
+made from; ``codes --force`` extracts again). Results for the report's "codes" section:
+``RUN/results/codes-agreement.json``, ``codes-neighbors.json/.npz`` and ``codes-tsne.json/.npz``
+(with other options, beside them as ``<name>@<key>.*``).
 """
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -17,7 +18,9 @@ import numpy as np
 import typer
 
 from ..errors import InputError
+from ..results import ResultStore, saving
 from .app import app
+from .options import given_options
 from .output import echo_saved, show_progress
 
 AGREEMENT, NEIGHBORS, TSNE = "codes-agreement", "codes-neighbors", "codes-tsne"
@@ -27,28 +30,22 @@ AGREEMENT, NEIGHBORS, TSNE = "codes-agreement", "codes-neighbors", "codes-tsne"
 
 def cached_codes(run, *, layer: str | None = None, pool: str | None = None, data: str | None = None,
                  out: Path | None = None, progress: bool = True):
-    """convlens.codes of the run, cached in ``out`` (default ``RUN/codes/...``); a cache of other
-    weights or data (the run retrained) is replaced."""
+    """convlens.codes of the run, cached in ``out`` or else in :func:`cache_dir`."""
     from ..codespace.codes import codes
 
-    folder = Path(out) if out is not None else _cache_dir(run, layer, pool, data)
-    if folder is None:
-        return codes(run, data, layer, pool=pool, progress=progress)
-    try:
-        return codes(run, data, layer, pool=pool, out=folder, progress=progress)
-    except InputError as err:
-        if out is not None or "out must be a new folder" not in str(err):
-            raise
-        shutil.rmtree(folder)
-        return codes(run, data, layer, pool=pool, out=folder, progress=progress)
+    folder = Path(out) if out is not None else cache_dir(run, layer, pool, data)
+    return codes(run, data, layer, pool=pool, out=folder, progress=progress)
 
 
-def _cache_dir(run, layer, pool, data) -> Path | None:
-    if run.dir is None:
+def cache_dir(run, layer, pool, data, *, force: bool = False) -> Path | None:
+    """The results store's folder for these codes, ``RUN/codes/<layer>-<pool>[-<data>]``, emptied when it holds
+    codes of other weights or data, or with ``force`` (None for a run without a directory)."""
+    store = ResultStore.of(run)
+    if store is None:
         return None
     slug = lambda s: re.sub(r"[^A-Za-z0-9_.]+", "_", str(s)).strip("_")[:60]  # noqa: E731
     name = f"{slug(layer) if layer else 'classifier-input'}-{pool or 'auto'}" + (f"-{slug(data)}" if data else "")
-    return Path(run.dir) / "codes" / name
+    return store.cache(f"codes/{name}", data=data, force=force)
 
 
 def default_queries(labels: np.ndarray, n: int) -> list[int]:
@@ -66,11 +63,18 @@ def default_queries(labels: np.ndarray, n: int) -> list[int]:
     return chosen
 
 
-def save_neighbors(run, code, *, rows=None, image=None, k: int = 8, metric: str = "cosine", n_queries: int = 6,
-                   thumb: int = 64):
-    """Neighbours of the queries in code space and in raw pixels; saved for the report.
-    Returns (code Neighbors, pixel Neighbors, query labels or None)."""
-    from ..io import atomic_write_json, atomic_write_npz
+def save_neighbors(run, code, *, options: dict | None = None, rows=None, image=None, k: int = 8,
+                   metric: str = "cosine", n_queries: int = 6, thumb: int = 64):
+    """Neighbours of the queries in code space and in raw pixels, saved as the default result (or beside it
+    with ``options``, the command's). Returns (code Neighbors, pixel Neighbors, query labels or None, the
+    JSON's path or None)."""
+    with saving(run, NEIGHBORS, options) as saver:
+        nb, pn, qlabels, meta, arrays = _neighbors(run, code, rows, image, k, metric, n_queries, thumb)
+        saver.save((meta, arrays))
+    return nb, pn, qlabels, saver.path
+
+
+def _neighbors(run, code, rows, image, k: int, metric: str, n_queries: int, thumb: int):
     from ..codespace.codes import codes, pixel_codes, thumbnails
     from ..codespace.neighbors import neighbors
 
@@ -107,18 +111,14 @@ def save_neighbors(run, code, *, rows=None, image=None, k: int = 8, metric: str 
             "model": code.model, "data": code.data_label,
             "code_agreement": nb.agreement(labels, qlabels) if labels is not None and qlabels is not None else None,
             "pixel_agreement": pn.agreement(labels, qlabels) if labels is not None and qlabels is not None else None}
-    if run.dir is not None:
-        results = Path(run.dir) / "results"
-        atomic_write_npz(results / f"{NEIGHBORS}.npz", **arrays)
-        atomic_write_json(results / f"{NEIGHBORS}.json", meta)
-    return nb, pn, qlabels
+    return nb, pn, qlabels, meta, arrays
 
 
-def save_tsne(run, code, *, n: int = 5000, perplexity: float = 30.0, seed: int = 0, grid: str = "auto",
-              thumb: int = 32, n_jobs: int = 1, projector: Path | None = None):
-    """t-SNE of (a seeded subset of n of) the codes, its grid, optional projector export; saved for the report.
-    Returns (TSNEResult, TSNEGrid or None, ProjectorExport or None)."""
-    from ..io import atomic_write_json, atomic_write_npz
+def save_tsne(run, code, *, options: dict | None = None, n: int = 5000, perplexity: float = 30.0, seed: int = 0,
+              grid: str = "auto", thumb: int = 32, n_jobs: int = 1, projector: Path | None = None):
+    """t-SNE of (a seeded subset of n of) the codes, its grid, optional projector export, saved as the default
+    result (or beside it with ``options``, the command's). Returns (TSNEResult, TSNEGrid or None,
+    ProjectorExport or None, the JSON's path or None)."""
     from ..codespace.codes import thumbnails
     from ..codespace.projector import export_projector
     from ..codespace.tsne import tsne
@@ -126,32 +126,30 @@ def save_tsne(run, code, *, n: int = 5000, perplexity: float = 30.0, seed: int =
 
     if not isinstance(n, int) or n < 4:
         raise InputError(f"--n must be an int >= 4; got {n}")
-    rows = np.arange(len(code))
-    if len(code) > n:
-        rows = np.sort(np.random.default_rng(seed).choice(len(code), n, replace=False))
-    sub = code.subset(rows)
-    result = tsne(sub, perplexity=perplexity, seed=seed, n_jobs=n_jobs)
-    shape = _grid_shape(grid, len(sub))
-    cells = None
-    if shape is not None:
-        m = min(len(sub), shape[0] * shape[1])
-        cells = tsne_grid(result.embedding[:m], *shape)
-    images = sub.images()  # (n, C, H, W)
-    exported = export_projector(sub, projector, images=images) if projector is not None else None
-    if run.dir is not None:
-        path = Path(run.dir) / "results" / f"{TSNE}.json"
+    with saving(run, TSNE, options) as saver:
+        rows = np.arange(len(code))
+        if len(code) > n:
+            rows = np.sort(np.random.default_rng(seed).choice(len(code), n, replace=False))
+        sub = code.subset(rows)
+        result = tsne(sub, perplexity=perplexity, seed=seed, n_jobs=n_jobs)
+        shape = _grid_shape(grid, len(sub))
+        cells = None
+        if shape is not None:
+            m = min(len(sub), shape[0] * shape[1])
+            cells = tsne_grid(result.embedding[:m], *shape)
+        images = sub.images()  # (n, C, H, W)
+        exported = export_projector(sub, projector, images=images) if projector is not None else None
         arrays = {"embedding": result.embedding, "indices": sub.indices, "thumbs": thumbnails(images, thumb)}
         if sub.labels is not None:
             arrays["labels"] = sub.labels
         if cells is not None:
             arrays["grid_cells"] = cells.cells
-        atomic_write_npz(path.with_suffix(".npz"), **arrays)
         meta = result.to_dict()
         meta["grid"] = None if cells is None else {"rows": cells.rows, "cols": cells.cols, "points": len(cells),
                                                    "cost": cells.cost}
         meta["projector"] = None if exported is None else str(exported.folder)
-        atomic_write_json(path, meta)
-    return result, cells, exported
+        saver.save((meta, arrays))
+    return result, cells, exported, saver.path
 
 
 def _grid_shape(text: str, n: int) -> tuple[int, int] | None:
@@ -173,10 +171,9 @@ def demo_codes(run) -> None:
     from ..codespace.code_agreement import agreement_by_layer
 
     run = run if hasattr(run, "pixel_model") else load_run(run)
-    code = cached_codes(run, progress=False)
-    agreement = agreement_by_layer(run, code.data, k=5)
-    if run.dir is not None:
-        agreement.save(Path(run.dir) / "results" / f"{AGREEMENT}.json")
+    with saving(run, AGREEMENT) as saver:  # the codes' extraction counts here
+        code = cached_codes(run, progress=False)
+        saver.save(agreement_by_layer(run, code.data, k=5))
     save_neighbors(run, code, k=8, n_queries=6)
     save_tsne(run, code, n=min(len(code), 1024))
 
@@ -191,13 +188,14 @@ _DATA = typer.Option(None, "--data", help="Dataset name or path (default: the ru
 
 
 @app.command("codes")
-def codes_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL,
+def codes_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL,
               data: Optional[str] = _DATA,
               out: Optional[Path] = typer.Option(None, "--out", help="Cache folder (default: RUN/codes/...)."),
               k: int = typer.Option(5, "--k", help="Neighbours for the label agreement per layer."),
               metric: str = typer.Option("cosine", "--metric", help="cosine or l2."),
               agreement: bool = typer.Option(True, "--agreement/--no-agreement",
                                              help="Also measure neighbour label agreement for pixels and each layer."),
+              force: bool = typer.Option(False, "--force", help="Extract the codes again, even where cached."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
               quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
     """Extract (and cache) the CNN codes of a run's images; neighbour label agreement per layer."""
@@ -205,25 +203,25 @@ def codes_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[st
     from ..codespace.code_agreement import agreement_by_layer
 
     loaded = load_run(run)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, out=out, progress=show_progress(quiet))
-    folder = out or _cache_dir(loaded, layer, pool, data)
+    folder = out or cache_dir(loaded, layer, pool, data, force=force)
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, out=folder, progress=show_progress(quiet))
     saved = [f"{folder} (the codes)"] if folder else []
     result = None
     if agreement:
-        result = agreement_by_layer(loaded, code.data, k=k, metric=metric, progress=show_progress(quiet))
-        if loaded.dir is not None:
-            saved.append(result.save(Path(loaded.dir) / "results" / f"{AGREEMENT}.json"))
+        with saving(loaded, AGREEMENT, given_options(ctx, AGREEMENT)) as saver:
+            result = agreement_by_layer(loaded, code.data, k=k, metric=metric, progress=show_progress(quiet))
+            saved.append(saver.save(result))
     if as_json:
         typer.echo(json.dumps({"codes": {**code.to_dict(), "folder": str(folder) if folder else None},
                                "agreement": result.to_dict() if result else None}, indent=2))
     else:
         typer.echo(repr(code) + ("\n\n" + repr(result) if result is not None else ""))
-    if saved:
-        echo_saved(*saved, as_json=as_json)
+    if any(saved):
+        echo_saved(*filter(None, saved), as_json=as_json)
 
 
 @app.command("neighbors")
-def neighbors_cmd(run: Path = _RUN,
+def neighbors_cmd(ctx: typer.Context, run: Path = _RUN,
                   image: Optional[Path] = typer.Argument(None, help="A query image file (default: rows of the data)."),
                   index: Optional[List[int]] = typer.Option(None, "--index", help="Query row of the data (repeatable)."),
                   k: int = typer.Option(8, "--k", help="Neighbours per query."),
@@ -241,7 +239,8 @@ def neighbors_cmd(run: Path = _RUN,
         raise InputError("give IMAGE or --index, not both; got both")
     loaded = load_run(run)
     code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=show_progress(quiet))
-    nb, pn, qlabels = save_neighbors(loaded, code, rows=index, image=image, k=k, metric=metric, n_queries=queries)
+    nb, pn, qlabels, path = save_neighbors(loaded, code, options=given_options(ctx, NEIGHBORS), rows=index,
+                                           image=image, k=k, metric=metric, n_queries=queries)
     if png is not None:
         from ..io import atomic_write_bytes
         from ..plots.common import to_png
@@ -255,7 +254,7 @@ def neighbors_cmd(run: Path = _RUN,
                               indent=2))
     else:
         typer.echo(_neighbors_text(code, nb, pn, qlabels, image, k, metric))
-    saved = [f"{Path(loaded.dir) / 'results' / NEIGHBORS}.json (+ .npz)"] if loaded.dir is not None else []
+    saved = [f"{path} (+ .npz)"] if path is not None else []
     if png is not None:
         saved.append(png)
     if saved:
@@ -286,7 +285,7 @@ def _image_for(code, path):
 
 
 @app.command("tsne")
-def tsne_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL,
+def tsne_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL,
              data: Optional[str] = _DATA,
              n: int = typer.Option(5000, "--n", help="Codes to embed (a seeded random subset when there are more)."),
              perplexity: float = typer.Option(30.0, "--perplexity", help="t-SNE perplexity (below n / 3)."),
@@ -304,8 +303,9 @@ def tsne_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str
 
     loaded = load_run(run)
     code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=show_progress(quiet))
-    result, cells, exported = save_tsne(loaded, code, n=n, perplexity=perplexity, seed=seed, grid=grid, thumb=thumb,
-                                        n_jobs=n_jobs, projector=projector)
+    result, cells, exported, path = save_tsne(loaded, code, options=given_options(ctx, TSNE), n=n,
+                                              perplexity=perplexity, seed=seed, grid=grid, thumb=thumb,
+                                              n_jobs=n_jobs, projector=projector)
     if as_json:
         out = result.to_dict()
         out["grid"] = None if cells is None else {"rows": cells.rows, "cols": cells.cols, "cost": cells.cost}
@@ -313,7 +313,7 @@ def tsne_cmd(run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str
         typer.echo(json.dumps(out, indent=2))
     else:
         typer.echo("\n".join(repr(r) for r in (result, cells, exported) if r is not None))
-    saved = [f"{Path(loaded.dir) / 'results' / TSNE}.json (+ .npz)"] if loaded.dir is not None else []
+    saved = [f"{path} (+ .npz)"] if path is not None else []
     if exported is not None:
         saved.append(exported.folder)
     if saved:

@@ -1,7 +1,7 @@
 """Imports every command module so that each registers its command(s) on the app."""
 from . import arch_cmds  # noqa: F401  describe, zoo
 from . import gradcheck_cmd  # noqa: F401  gradcheck
-from . import report_cmds  # noqa: F401  report, demo
+from . import report_cmds  # noqa: F401  report, results, demo
 from . import summary_cmd  # noqa: F401  summary
 from . import train_cmds  # noqa: F401  train, evaluate
 from . import insight_probe_cmds  # noqa: F401  probe, ablate

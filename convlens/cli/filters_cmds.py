@@ -1,8 +1,9 @@
 """`convlens filters RUN`: a thin wrapper over ``convlens.filters``.
 
 Prints the diagnosis of every conv layer (good / too noisy / too correlated / lacks structure),
-saves the chosen layer's filter grid to ``RUN/results/filters-<layer>.png`` (or ``--out``) and the
-result to ``RUN/results/filters.json`` (+ ``filters.npz``, the weights shown).
+saves the result to ``RUN/results/filters.json`` (+ ``filters.npz``, the weights shown) and the
+chosen layer's filter grid to ``RUN/results/filters-<layer>.png`` (or ``--out``). With ``--layer``
+the result is kept beside the default one, as ``filters@<key>.*``.
 """
 from __future__ import annotations
 
@@ -13,30 +14,33 @@ from typing import Optional
 
 import typer
 
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved
 
 
-def _save(result, run, out: Path | None) -> list[str]:
-    """The result JSON/NPZ under RUN/results and the figure PNG (``out`` or RUN/results/filters-<layer>.png);
-    returns what was written."""
+def compute(run, layer: str | None = None, *, options: dict | None = None, out: Path | None = None):
+    """The filters of ``run`` saved as the default result (or beside it with ``options``, the command's) and
+    their figure, at ``out`` or ``RUN/results/<stem>-<layer>.png``; returns (the result, the paths written)."""
     from ..io import atomic_write_bytes
     from ..plots.common import to_png
+    from ..units.filters import filters
 
-    saved = []
-    results = Path(run.dir) / "results" if run.dir is not None else None
-    if results is not None:
-        saved.append(f"{result.save(results / 'filters.json')} (+ .npz)")
-    if out is None and results is not None:
-        out = results / f"filters-{re.sub(r'[^A-Za-z0-9_.-]+', '_', result.layer)}.png"
-    if out is not None:
-        atomic_write_bytes(out, to_png(result.plot()))
-        saved.append(str(out))
-    return saved
+    with saving(run, "filters", options) as saver:
+        result = filters(run, layer)
+        saved = [f"{saver.save(result)} (+ .npz)"] if saver.path is not None else []
+        if out is not None:
+            saved.append(str(atomic_write_bytes(out, to_png(result.plot()))))
+        elif saver.path is not None:
+            suffix = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", result.layer)
+            saved.append(str(saver.figure(lambda: to_png(result.plot()), suffix)))
+    return result, saved
 
 
 @app.command("filters")
 def filters_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`) or weight file."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer to draw (lecture name such as conv2, or "
                                                               "module path; default: the first conv)."),
@@ -46,11 +50,8 @@ def filters_cmd(
 ) -> None:
     """Filter grid and the lecture's quiz per conv layer: good, too noisy, too correlated, lacks structure."""
     from ..training.runs import load_run
-    from ..units.filters import filters
 
-    loaded = load_run(run)
-    result = filters(loaded, layer)
-    saved = _save(result, loaded, out)
+    result, saved = compute(load_run(run), layer, options=given_options(ctx, "filters"), out=out)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else _text(result))
     if saved:
         echo_saved(*saved, as_json=as_json)
@@ -71,6 +72,4 @@ def _text(result) -> str:
 def demo_filters(run) -> None:
     """For `convlens demo`: the first layer's filters and every layer's diagnosis, saved under RUN/results
     (well under a second for the demo net: weights only, no data)."""
-    from ..units.filters import filters
-
-    _save(filters(run), run, None)
+    compute(run)

@@ -1,6 +1,7 @@
 """`convlens health RUN`: training-health diagnostics (a thin wrapper over ``convlens.health``).
 
-Saves ``RUN/results/health.json``, which the report's "health" section reads.
+Saves ``RUN/results/health.json``, which the report's "health" section reads (with ``--layers``,
+``--data`` or ``--max-samples``, beside it as ``health@<key>.json``).
 """
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Optional
 
 import typer
 
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved, show_progress
 
 
 @app.command("health")
 def health_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: every ReLU "
                                                                 "output; conv/fc outputs in models without)."),
@@ -35,7 +39,9 @@ def health_cmd(
 
         dataset = datasets.load(data, split="test")
     names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
-    result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=show_progress(quiet))
+    with saving(loaded, "health", given_options(ctx, "health")) as saver:
+        result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=show_progress(quiet))
+        saved = saver.save(result)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
-    if loaded.dir is not None:
-        echo_saved(result.save(Path(loaded.dir) / "results" / "health.json"), as_json=as_json)
+    if saved is not None:
+        echo_saved(saved, as_json=as_json)

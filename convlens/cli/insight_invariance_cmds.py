@@ -2,8 +2,8 @@
 convlens.fool_linear and convlens.eps_vs_dimension.
 
 `invariance` saves ``RUN/results/invariance-<transform>.json`` (read by the report's invariance
-section); `fool-linear --dims` saves to ``--out`` (``RUN/results/eps-vs-dimension.json`` is where the
-report's linear-fooling section looks).
+section; with other options, beside it as ``invariance-<transform>@<key>.json``); `fool-linear --dims`
+saves to ``--out`` (`convlens demo` keeps the report's ``RUN/results/eps-vs-dimension.json``).
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError
+from ..errors import InputError, expect
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved
 
 
@@ -32,6 +34,7 @@ def _floats(text: str | None, option: str) -> list[float] | None:
 
 @app.command("invariance")
 def invariance_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     transform: str = typer.Option("translate", "--transform", help="translate, scale, rotate, or all."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: first, middle "
@@ -53,17 +56,19 @@ def invariance_cmd(
     names = None if layers is None else [s.strip() for s in layers.split(",") if s.strip()]
     out, saved = [], []
     for t in chosen:
-        result = invariance(loaded, data, transform=t, amounts=_floats(amounts, "--amounts"), layers=names,
-                            n_images=n, fill=fill)
-        if loaded.dir is not None:
-            saved.append(result.save(Path(loaded.dir) / "results" / f"invariance-{t}.json"))
+        if t not in TRANSFORMS:
+            raise expect("--transform", ", ".join(TRANSFORMS) + " or all", t)
+        with saving(loaded, f"invariance-{t}", given_options(ctx, f"invariance-{t}")) as saver:
+            result = invariance(loaded, data, transform=t, amounts=_floats(amounts, "--amounts"), layers=names,
+                                n_images=n, fill=fill)
+            saved.append(saver.save(result))
         out.append(result)
     if as_json:
         payload = [r.to_dict() for r in out]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     else:
         typer.echo("\n\n".join(repr(r) for r in out))
-    if saved:
+    if loaded.dir is not None:
         echo_saved(*saved, as_json=as_json)
 
 

@@ -1,6 +1,8 @@
 """`convlens probe` and `convlens ablate`: thin wrappers over convlens.probe and convlens.ablate.
 
-Both save their result as ``RUN/results/<probe|ablation>.json``, which the report's sections read.
+Both save their result as ``RUN/results/<probe|ablation>.json``, which the report's sections read; a
+probe with options other than the defaults is kept beside it (``probe@<key>.json``), an ablation
+replaces the last one (``RUN/ablation`` holds one set of retrained networks).
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved, show_progress
 
 
@@ -31,6 +35,7 @@ def _names(text: str | None) -> list[str] | None:
 
 @app.command("probe")
 def probe_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers (default: every conv/fc, "
                                                                 "read after its ReLU)."),
@@ -49,15 +54,19 @@ def probe_cmd(
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    result = probe(loaded, data, layers=_names(layers), per_class=_ints(per_class, "--per-class"), repeats=repeats,
-                   classifiers=_names(classifiers), pool=pool, seed=seed, progress=show_progress(quiet))
+    with saving(loaded, "probe", given_options(ctx, "probe")) as saver:
+        result = probe(loaded, data, layers=_names(layers), per_class=_ints(per_class, "--per-class"),
+                       repeats=repeats, classifiers=_names(classifiers), pool=pool, seed=seed,
+                       progress=show_progress(quiet))
+        saved = saver.save(result)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
-    if loaded.dir is not None:
-        echo_saved(result.save(Path(loaded.dir) / "results" / "probe.json"), as_json=as_json)
+    if saved is not None:
+        echo_saved(saved, as_json=as_json)
 
 
 @app.command("ablate")
 def ablate_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     remove: List[str] = typer.Option(..., "--remove", help="Layers to remove together, comma-separated (e.g. fc7 or "
                                                            "conv3,conv4); repeat for more experiments."),
@@ -76,9 +85,10 @@ def ablate_cmd(
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    result = ablate(loaded, list(remove), epochs=epochs, mode="scratch" if scratch else "finetune", lr=lr, seed=seed,
-                    overwrite=overwrite, progress=show_progress(quiet))
+    with saving(loaded, "ablation", given_options(ctx, "ablation")) as saver:
+        result = ablate(loaded, list(remove), epochs=epochs, mode="scratch" if scratch else "finetune", lr=lr,
+                        seed=seed, overwrite=overwrite, progress=show_progress(quiet))
+        saved = saver.save(result)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
-    if loaded.dir is not None:
-        echo_saved(result.save(Path(loaded.dir) / "results" / "ablation.json"),
-                   f"{Path(loaded.dir) / 'ablation'} (the retrained networks)", as_json=as_json)
+    if saved is not None:
+        echo_saved(saved, f"{Path(loaded.dir) / 'ablation'} (the retrained networks)", as_json=as_json)

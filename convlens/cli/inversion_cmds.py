@@ -2,7 +2,8 @@
 
 Saves ``RUN/results/inversion.json/.npz`` (the original and its reconstruction from every layer)
 and ``RUN/results/inversion-quadrants.json/.npz`` (several reconstructions from one layer's code),
-plus a PNG of each next to them; the report's inversion section reads them.
+plus a PNG of each next to them; the report's inversion section reads them. With other options
+they are kept beside them, as ``inversion@<key>.*`` and ``inversion-quadrants@<key>.*``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Optional, Sequence
 import typer
 
 from ..errors import InputError
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved, show_progress
 
 
@@ -40,33 +43,36 @@ def load_inputs(run, image: Path | None, indices: Sequence[int]):
     return data.images[idx], torch.as_tensor(data.labels)[idx], tuple(rows)
 
 
-def _save_png(path: Path, fig) -> None:
-    from ..io import atomic_write_bytes
-    from ..plots.common import to_png
-
-    atomic_write_bytes(path, to_png(fig))
-
-
-def run_inversion(run, image, *, layers: Sequence[str] | None, steps: int, quadrant_layer: str | None,
-                  n_inits: int, seed: int = 0, progress: bool = False):
-    """Invert ``image`` (1, C, H, W) from ``layers`` (default: every conv/fc) and, with ``quadrant_layer``,
-    ``n_inits`` times from that layer; save both under ``RUN/results``. Returns (layers result, quadrants)."""
+def invert_layers(run, image, layers: Sequence[str] | None = None, *, options: dict | None = None, steps: int = 200,
+                  seed: int = 0, progress: bool = False) -> tuple[dict, Path | None]:
+    """Invert ``image`` (1, C, H, W) from each of ``layers`` (default: every conv/fc), saved with its figure as
+    the default result, or beside it with ``options`` (the command's); returns ({layer: result}, the JSON's path)."""
     from ..insight.probes import choose_layers
-    from ..plots.inversion import layers_figure, quadrants_figure
-    from ..synthesis.inversion import invert, save_inversions
+    from ..plots.common import to_png
+    from ..plots.inversion import layers_figure
+    from ..synthesis.inversion import invert
 
-    names = list(layers) if layers else choose_layers(run.pixel_model(), None)[0]
-    per_layer = invert(run, image, names, steps=steps, seed=seed, progress=progress)
-    quads = invert(run, image, quadrant_layer, steps=steps, n_inits=n_inits, seed=seed, progress=progress) \
-        if quadrant_layer else None
-    if run.dir is not None:
-        out = Path(run.dir) / "results"
-        save_inversions(out / "inversion", image, per_layer)
-        _save_png(out / "inversion.png", layers_figure(image, per_layer))
-        if quads is not None:
-            save_inversions(out / "inversion-quadrants", image, {quadrant_layer: quads})
-            _save_png(out / "inversion-quadrants.png", quadrants_figure(image, quads))
-    return per_layer, quads
+    with saving(run, "inversion", options) as saver:
+        names = list(layers) if layers else choose_layers(run.pixel_model(), None)[0]
+        per_layer = invert(run, image, names, steps=steps, seed=seed, progress=progress)
+        saver.save((image, per_layer))
+        saver.figure(lambda: to_png(layers_figure(image, per_layer)))
+    return per_layer, saver.path
+
+
+def invert_quadrants(run, image, layer: str, *, options: dict | None = None, steps: int = 200, n_inits: int = 4,
+                     seed: int = 0, progress: bool = False):
+    """``n_inits`` reconstructions of ``image`` from ``layer``'s code, saved like :func:`invert_layers`
+    (``inversion-quadrants``); returns (the result, the JSON's path)."""
+    from ..plots.common import to_png
+    from ..plots.inversion import quadrants_figure
+    from ..synthesis.inversion import invert
+
+    with saving(run, "inversion-quadrants", options) as saver:
+        quads = invert(run, image, layer, steps=steps, n_inits=n_inits, seed=seed, progress=progress)
+        saver.save((image, {layer: quads}))
+        saver.figure(lambda: to_png(quadrants_figure(image, quads)))
+    return quads, saver.path
 
 
 def default_quadrant_layer(run) -> str:
@@ -80,6 +86,7 @@ def default_quadrant_layer(run) -> str:
 
 @app.command("invert")
 def invert_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     image: Optional[Path] = typer.Argument(None, help="An image file (default: a test image of the run)."),
     index: Optional[int] = typer.Option(None, "--index", help="Row of the run's test data (default 0)."),
@@ -101,8 +108,13 @@ def invert_cmd(
     x, _, _ = load_inputs(loaded, image, [] if index is None else [index])
     names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
     quad = None if (quadrants or "").lower() == "none" else (quadrants or default_quadrant_layer(loaded))
-    per_layer, quads = run_inversion(loaded, x, layers=names, steps=steps, quadrant_layer=quad, n_inits=n_inits,
-                                     seed=seed, progress=show_progress(quiet))
+    per_layer, path = invert_layers(loaded, x, names, options=given_options(ctx, "inversion"), steps=steps,
+                                    seed=seed, progress=show_progress(quiet))
+    saved, quads = [path], None
+    if quad is not None:
+        quads, path = invert_quadrants(loaded, x, quad, options=given_options(ctx, "inversion-quadrants"),
+                                       steps=steps, n_inits=n_inits, seed=seed, progress=show_progress(quiet))
+        saved.append(path)
     rows = [{"layer": k, "tapped": r.info["tapped"], "feature_error": r.info["feature_error"]}
             for k, r in per_layer.items()]
     if quads is not None:
@@ -117,8 +129,7 @@ def invert_cmd(
             typer.echo(f"{what:24s} ||Φ(x*) - Φ0|| / ||Φ0|| = {errs}" + (f"  ({n_inits} inits)" if "n_inits" in row
                                                                          else ""))
     if loaded.dir is not None:
-        files = ["inversion"] + (["inversion-quadrants"] if quads is not None else [])
-        echo_saved(*(f"{Path(loaded.dir) / 'results' / name}.json (+ .npz, .png)" for name in files), as_json=as_json)
+        echo_saved(*(f"{path} (+ .npz, .png)" for path in saved), as_json=as_json)
 
 
 def demo_inversion(run) -> None:
@@ -128,4 +139,5 @@ def demo_inversion(run) -> None:
 
     run = load_run(run) if isinstance(run, (str, Path)) else run
     x, _, _ = load_inputs(run, None, [0])
-    run_inversion(run, x, layers=None, steps=200, quadrant_layer=default_quadrant_layer(run), n_inits=4)
+    invert_layers(run, x)
+    invert_quadrants(run, x, default_quadrant_layer(run))

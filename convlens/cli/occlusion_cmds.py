@@ -1,7 +1,8 @@
 """`convlens occlusion`: a thin wrapper over convlens.occlusion.
 
 Saves ``RUN/results/occlusion.json`` + ``.npz`` (read by the report's occlusion section) and the
-figure ``RUN/results/occlusion.png``. ``demo_occlusion(run)`` is what ``convlens demo`` runs.
+figure ``RUN/results/occlusion.png``; with other options, beside them as ``occlusion@<key>.*`` (or at
+``--out``). ``demo_occlusion(run)`` is what ``convlens demo`` runs.
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import expect
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved
 
 DEMO_SETTINGS = dict(window=16, stride=4, baseline=0.5)
@@ -40,41 +44,50 @@ def pick_images(run, n: int = 3, candidates: int = 200) -> list[int]:
     return chosen
 
 
-def compute(run, indices=None, image: Path | None = None, *, target=None, layer: str | None = None,
-            unit: int | None = None, window: int = 16, stride: int = 4, baseline: float = 0.5,
-            method: str = "incremental", batch_size: int = 32, out: Path | None = None, tau: float = 0.35,
-            progress: bool = False):
-    """Occlusion maps of test images ``indices`` (default: 3 of different classes) or of one image file;
-    saved next to the run (or to ``out``) with their figure."""
-    from ..data.images import load_image
+def compute(run, indices=None, image: Path | None = None, *, options: dict | None = None, out: Path | None = None,
+            **how):
+    """Occlusion maps (``maps(run, indices, image, **how)``) with their figure, saved as the default result,
+    beside it with ``options`` (the command's), or at ``out``; returns (the maps, the saved JSON's path or None)."""
     from ..io import atomic_write_bytes
     from ..plots.common import to_png
     from ..plots.occlusion import occlusion_figure
+    from ..units.occlusion import save_maps
+
+    if out is not None:
+        found = maps(run, indices, image, **how)
+        save_maps(found, out)
+        atomic_write_bytes(Path(out).with_suffix(".png"), to_png(occlusion_figure(found)))
+        return found, Path(out)
+    with saving(run, "occlusion", options) as saver:
+        found = maps(run, indices, image, **how)
+        saver.save(found)
+        saver.figure(lambda: to_png(occlusion_figure(found)))
+    return found, saver.path
+
+
+def maps(run, indices=None, image: Path | None = None, *, target=None, layer: str | None = None,
+         unit: int | None = None, window: int = 16, stride: int = 4, baseline: float = 0.5,
+         method: str = "incremental", batch_size: int = 32, tau: float = 0.35, progress: bool = False) -> list:
+    """Occlusion maps of test images ``indices`` (default: 3 of different classes) or of one image file."""
+    from ..data.images import load_image
     from ..training.evaluate import run_test_data
-    from ..units.occlusion import default_layer, occlusion, save_maps
+    from ..units.occlusion import default_layer, occlusion
 
     layer = layer or default_layer(run.pixel_model())
-    maps = []
     if image is not None:
         c, h, w = run.input_shape
         x = load_image(image, size=(h, w), channels=c)
-        maps.append(occlusion(run, x, target, window, stride, baseline, layer, unit, method=method,
-                              batch_size=batch_size, tau=tau, progress=progress))
-    else:
-        data = run_test_data(run)
-        for i in (pick_images(run) if not indices else indices):
-            if not 0 <= i < len(data.labels):
-                from ..errors import expect
-
-                raise expect("--index", f"a test image row in [0, {len(data.labels) - 1}]", i)
-            m = occlusion(run, data.images[i], target, window, stride, baseline, layer, unit, method=method,
-                          batch_size=batch_size, tau=tau, progress=progress)
-            maps.append(_with(m, label=int(data.labels[i]), index=int(i)))
-    target_file = out or (Path(run.dir) / "results" / "occlusion.json" if run.dir is not None else None)
-    if target_file is not None:
-        save_maps(maps, target_file)
-        atomic_write_bytes(Path(target_file).with_suffix(".png"), to_png(occlusion_figure(maps)))
-    return maps, target_file
+        return [occlusion(run, x, target, window, stride, baseline, layer, unit, method=method,
+                          batch_size=batch_size, tau=tau, progress=progress)]
+    data = run_test_data(run)
+    found = []
+    for i in (pick_images(run) if not indices else indices):
+        if not 0 <= i < len(data.labels):
+            raise expect("--index", f"a test image row in [0, {len(data.labels) - 1}]", i)
+        m = occlusion(run, data.images[i], target, window, stride, baseline, layer, unit, method=method,
+                      batch_size=batch_size, tau=tau, progress=progress)
+        found.append(_with(m, label=int(data.labels[i]), index=int(i)))
+    return found
 
 
 def _with(m, **changes):
@@ -90,6 +103,7 @@ def demo_occlusion(run) -> None:
 
 @app.command("occlusion")
 def occlusion_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     image: Optional[Path] = typer.Argument(None, help="An image file (resized to the run's input); default: "
                                                       "test images of the run's data."),
@@ -117,13 +131,13 @@ def occlusion_cmd(
 
     loaded = load_run(run)
     tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
-    maps, saved = compute(loaded, index, image, target=tgt, layer=layer, unit=unit, window=window, stride=stride,
-                          baseline=baseline, method="approximate" if approximate else "incremental",
-                          batch_size=batch_size, out=out, tau=tau)
+    found, saved = compute(loaded, index, image, options=given_options(ctx, "occlusion"), out=out, target=tgt,
+                           layer=layer, unit=unit, window=window, stride=stride, baseline=baseline,
+                           method="approximate" if approximate else "incremental", batch_size=batch_size, tau=tau)
     if as_json:
-        payload = [m.to_dict() for m in maps]
+        payload = [m.to_dict() for m in found]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
     else:
-        typer.echo("\n\n".join(repr(m) for m in maps) + "\n")
+        typer.echo("\n\n".join(repr(m) for m in found) + "\n")
     if saved is not None:
         echo_saved(f"{saved} (+ .npz, .png)", as_json=as_json)

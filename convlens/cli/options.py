@@ -24,3 +24,29 @@ def build_model(name_or_spec: str, input_size: tuple[int, int, int] | None):
     from ..arch.zoo import build
 
     return build(name_or_spec, input_shape=input_size)
+
+
+def given_options(ctx, name: str) -> dict:
+    """The options of the running command that define the result ``name`` (the results registry names
+    them) and were given a value other than their default: ``{}`` computes the default result, anything
+    else one kept beside it. Empty lists count as unset; paths are made absolute."""
+    from ..results import analysis
+
+    defaults = {p.name: p.default for p in ctx.command.params}
+    given = {}
+    for option in analysis(name).options:
+        value = _plain(ctx.params[option])
+        if value != _plain(defaults[option]):
+            given[option] = value
+    return given
+
+
+def _plain(value):
+    """A command-line value as JSON: paths absolute, tuples as lists, an empty list as None."""
+    from pathlib import Path
+
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value] or None
+    return value

@@ -1,7 +1,8 @@
 """`convlens top-patches RUN`: a thin wrapper over ``convlens.top_patches``.
 
-Saves ``RUN/results/top-patches.json`` and ``.npz`` (read by the report's "patches" section).
-``demo_patches(run)`` computes the same with the demo's defaults (called by ``convlens demo``).
+Saves ``RUN/results/top-patches.json`` and ``.npz`` (read by the report's "patches" section); with
+``--layer``, ``--units``, ``--k`` or ``--data`` the result is kept beside it (``top-patches@<key>.*``).
+``demo_patches(run)`` computes the default result (called by ``convlens demo``).
 """
 from __future__ import annotations
 
@@ -12,14 +13,30 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
+from ..results import saving
 from .app import app
+from .options import given_options
 from .output import echo_saved, show_progress
 
 RESULT = "top-patches"
 
 
+def compute(run, dataset=None, layers=None, *, options: dict | None = None, k: int = 9, units=None,
+            batch_size: int = 128, out: Path | None = None, progress: bool = False):
+    """Top patches of ``run``, saved as the default result, or beside it with ``options`` (the command's, see
+    ``given_options``); returns (the result, the saved JSON's path or None)."""
+    from ..units.patches import top_patches
+
+    with saving(run, RESULT, options) as saver:
+        result = top_patches(run, dataset, layers, k=k, units=units, batch_size=batch_size, progress=progress,
+                             out=out)
+        saver.save(result)
+    return result, saver.path
+
+
 @app.command("top-patches")
 def top_patches_cmd(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     layer: Optional[List[str]] = typer.Option(None, "--layer", help="A layer to mine (repeat, or comma-separate; "
                                                                     "default: every conv layer, in one pass)."),
@@ -35,7 +52,6 @@ def top_patches_cmd(
     """For every unit, the k test images that activate it most, where, and the receptive-field box (Zeiler & Fergus's
     top-9 patches, R-CNN's top regions)."""
     from ..training.runs import load_run
-    from ..units.patches import top_patches
 
     loaded = load_run(run)
     dataset = None
@@ -44,11 +60,11 @@ def top_patches_cmd(
 
         dataset = datasets.load(data, split="test")
     names = [n.strip() for item in layer for n in item.split(",") if n.strip()] if layer else None
-    result = top_patches(loaded, dataset, names, k=k, units=_ints(units, "--units"), batch_size=batch_size,
-                         progress=show_progress(quiet), out=out)
+    result, saved = compute(loaded, dataset, names, options=given_options(ctx, RESULT), k=k,
+                            units=_ints(units, "--units"), batch_size=batch_size, out=out,
+                            progress=show_progress(quiet))
     typer.echo(json.dumps(result.to_dict(arrays=True), indent=2) if as_json else repr(result))
-    if loaded.dir is not None:
-        saved = result.save(Path(loaded.dir) / "results" / f"{RESULT}.json")
+    if saved is not None:
         echo_saved(f"{saved} (+ .npz)", as_json=as_json)
 
 
@@ -65,13 +81,12 @@ def _ints(text: str | None, option: str) -> list[int] | None:
 
 
 def demo_patches(run) -> None:
-    """Top-9 patches of every conv layer over the demo run's test split (1,000 shapes: a few seconds),
-    saved where the report's "patches" section reads them."""
+    """Top-9 patches of every conv layer over the demo run's test split (1,000 shapes: a few seconds): the
+    default result, which the report's "patches" section shows."""
     from ..training.runs import load_run
-    from ..units.patches import top_patches
 
     loaded = load_run(run) if isinstance(run, (str, Path)) else run
     if loaded.dir is None:
         raise InputError("run must be a run directory (its results folder holds the top patches); got a run "
                          "loaded from a single file")
-    top_patches(loaded, k=9, progress=False).save(Path(loaded.dir) / "results" / f"{RESULT}.json")
+    compute(loaded)

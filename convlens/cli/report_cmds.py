@@ -1,6 +1,8 @@
-"""`convlens report` (the HTML report of a run) and `convlens demo` (the main job, offline)."""
+"""`convlens report` (the HTML report of a run), `convlens results` (what a run has computed) and
+`convlens demo` (the main job, offline)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,9 +19,31 @@ def report_cmd(
 ) -> None:
     """Write one self-contained HTML report (figures embedded) plus its PNG figures."""
     from ..report import build_report
+    from ..results import STALE, ResultStore
+    from ..training.runs import load_run
 
-    path = build_report(run, out)
+    loaded = load_run(run)
+    path = build_report(loaded, out)
+    store = ResultStore.of(loaded)
+    for e in store.listing() if store is not None else []:
+        if e.state == STALE:
+            typer.echo(f"not shown: {e.path.name}, {e.why} (compute it again, or run `convlens demo`)")
     typer.echo(f"report: {path}")
+
+
+@app.command("results")
+def results_cmd(
+    run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+) -> None:
+    """What a run has computed: each result in RUN/results, its options, whether it is current, when, how long."""
+    from ..errors import RunError
+    from ..results import ResultStore
+
+    if not (Path(run) / "run.json").is_file():
+        raise RunError(f"{run}: no run.json; expected a run directory written by convlens.train")
+    listing = ResultStore(run).listing()
+    typer.echo(json.dumps(listing.to_dict(), indent=2) if as_json else repr(listing))
 
 
 @app.command("demo")
@@ -27,23 +51,25 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory (resumed if it exists)."),
     analyses: bool = typer.Option(True, "--analyses/--no-analyses", help="Also run every analysis the report "
                                                                          "shows (probes, filters, top-9, ...)."),
+    force: bool = typer.Option(False, "--force", help="Run every analysis again, even those already current."),
 ) -> None:
     """Train the default model on the built-in `shapes` data, evaluate it, analyse it and write the report."""
     from ..report import build_report
+    from ..results import saving
     from .demo_steps import run_steps
     from ..training.evaluate import evaluate
     from ..training.fit import DEMO_RECIPE, demo
 
     typer.echo(f"convlens demo: training {DEMO_RECIPE['arch']} on {DEMO_RECIPE['data']} into {out}")
     run = demo(out=out, **train_progress())
-    ev = evaluate(run)
-    saved = Path(out) / "results" / "evaluation.json"
-    ev.save(saved)
+    with saving(run, "evaluation") as saver:
+        ev = evaluate(run)
+        saved = saver.save(ev)
     typer.echo(repr(ev))
     echo_saved(saved)
     if analyses:
-        typer.echo(f"\nanalyses (results in {saved.parent}; done ones are skipped):")
-        run_steps(run, echo=typer.echo)
+        typer.echo(f"\nanalyses (results in {saved.parent}; current ones are skipped):")
+        run_steps(run, echo=typer.echo, force=force)
     path = build_report(run)
     typer.echo(f"\nreport: {path.resolve()}")
     typer.echo(f"figures: {path.parent.resolve() / 'figures'}")

@@ -1,19 +1,22 @@
 """What a report section can ask for: the run, its test data, its evaluation, saved results.
 
-Everything is computed at most once per report and only when a section asks for it.
+Everything is computed at most once per report and only when a section asks for it. Saved results are
+read through the run's results store (convlens.results): the default result of each analysis unless it
+is stale, else the newest one of other options.
 """
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
 
-from ..io import read_json
+from ..results import ResultStore
 
 
 class ReportContext:
     def __init__(self, run, out_dir: Path):
         self.run = run
         self.out_dir = Path(out_dir)
+        self.store = ResultStore.of(run)
 
     @property
     def model(self):
@@ -36,17 +39,9 @@ class ReportContext:
         return evaluate(self.run, self.test_data)
 
     def result(self, name: str) -> dict | None:
-        """A result a command saved as ``<run>/results/<name>.json`` (None when it was never computed)."""
-        if self.run.dir is None:
-            return None
-        path = Path(self.run.dir) / "results" / f"{name}.json"
-        return read_json(path) if path.is_file() else None
+        """The JSON of the saved result ``name`` the report shows (None when it was never computed, or is stale)."""
+        return None if self.store is None else self.store.result(name)
 
     def arrays(self, name: str) -> dict | None:
-        """Arrays a command saved as ``<run>/results/<name>.npz`` (None when absent); never unpickles."""
-        from ..io import read_npz
-
-        if self.run.dir is None:
-            return None
-        path = Path(self.run.dir) / "results" / f"{name}.npz"
-        return read_npz(path) if path.is_file() else None
+        """Its arrays (``.npz``; None when absent); never unpickles."""
+        return None if self.store is None else self.store.arrays(name)

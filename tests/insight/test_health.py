@@ -273,7 +273,8 @@ def test_cli_and_report_section(demo_run_dir, tmp_path):
     ctx = ReportContext(load_run(run), tmp_path / "report")
     assert section(ctx) is None  # never computed
     main(["health", str(run), "--quiet", "--max-samples", "200", "--layers", "relu1,conv3"])  # returns: exit 0
-    saved = json.loads((run / "results" / "health.json").read_text())
+    [path] = (run / "results").glob("health@*.json")  # options given: kept beside the default result
+    saved = json.loads(path.read_text())
     assert [layer["name"] for layer in saved["layers"]] == ["relu1", "conv3"] and saved["samples"] == 200
     sec = section(ctx)
     assert sec.id == "health" and {b.kind for b in sec.blocks} >= {"metrics", "table", "figure"}

@@ -164,7 +164,8 @@ def test_cli_saves_results_and_the_report_shows_them(trained, tmp_path):
               "--quiet"])
         raise SystemExit(0)
     assert info.value.code == 0
-    saved = json.loads((trained.dir / "results" / "probe.json").read_text())
+    [path] = (trained.dir / "results").glob("probe@*.json")  # options given: kept beside the default result
+    saved = json.loads(path.read_text())
     assert saved["layers"] == ["conv1", "conv3"] and saved["per_class"] == [3, 6]
     html = build_report(trained, tmp_path / "report").read_text()
     assert '<section id="probes"' in html and saved["table"][0][1] in html

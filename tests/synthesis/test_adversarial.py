@@ -172,8 +172,10 @@ def test_cli_saves_results_figures_and_the_report_section_reads_them(small_run, 
     d = json.loads(capsys.readouterr().out)
     assert d["method"] == "lbfgs" and len(d["l2"]) == 4 and set(d["target"]) == {3} and 3 not in d["labels"]
     out = run_dir / "results"
-    for name in ("adversarial.json", "adversarial.npz", "adversarial.png", "fgsm-sweep.json", "fgsm-sweep.png"):
-        assert (out / name).is_file(), name
+    [attack] = out.glob("adversarial@*.json")  # options given: kept beside the default result
+    for path in (attack, attack.with_suffix(".npz"), attack.with_suffix(".png"), out / "fgsm-sweep.json",
+                 out / "fgsm-sweep.png"):
+        assert path.is_file(), path.name
     main(["adversarial", str(run_dir), "--index", "0", "--index", "5", "--method", "pgd", "--target", "none",
           "--eps", "0.1", "--quiet"])
     assert "pgd" in capsys.readouterr().out

@@ -168,8 +168,9 @@ def test_cli_saves_results_and_the_report_section_reads_them(small_run, tmp_path
     main(["class-model", str(run_dir), "--class", "3", "--class", "5", "--seeds", "2", "--steps", "10", "--quiet"])
     assert "top-1" in capsys.readouterr().out
     main(["class-model", str(run_dir), "--layer", "conv2", "--unit", "0,1", "--seeds", "1", "--steps", "5", "--quiet"])
-    for name in ("class-model", "unit-model"):
-        assert all((run_dir / "results" / f"{name}.{ext}").is_file() for ext in ("json", "npz", "png"))
+    for name in ("class-model", "unit-model"):  # options given: kept beside the default results
+        [saved] = (run_dir / "results").glob(f"{name}@*.json")
+        assert all(saved.with_suffix(ext).is_file() for ext in (".npz", ".png"))
     sec = section(ReportContext(convlens.load_run(run_dir), tmp_path / "report"))
     assert [b.kind for b in sec.blocks] == ["metrics", "figure", "table", "text", "figure"]
     assert [row[0] for row in sec.blocks[2].rows] == ["3", "5"]

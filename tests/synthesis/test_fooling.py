@@ -187,8 +187,9 @@ def test_cli_saves_results_and_the_report_section_reads_them(small_run, tmp_path
     main(["fooling", str(run_dir), "--class", "2", "--class", "6", "--quiet"])
     assert "2/2 reached 99.6%" in capsys.readouterr().out
     main(["fooling", str(run_dir), "--all", "--method", "evolution", "--generations", "3", "--quiet"])
-    for name in ("fooling-gradient", "fooling-evolution"):
-        assert all((run_dir / "results" / f"{name}.{ext}").is_file() for ext in ("json", "npz", "png"))
+    for name in ("fooling-gradient", "fooling-evolution"):  # options given: kept beside the default results
+        [saved] = (run_dir / "results").glob(f"{name}@*.json")
+        assert all(saved.with_suffix(ext).is_file() for ext in (".npz", ".png"))
     sec = section(ReportContext(convlens.load_run(run_dir), tmp_path / "report"))
     assert [b.kind for b in sec.blocks] == ["metrics", "figure", "table", "text"]
     assert len(sec.blocks[2].rows) == 12 and set(sec.blocks[0].items) == {"gradient", "evolution"}

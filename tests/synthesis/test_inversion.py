@@ -153,10 +153,11 @@ def test_cli_saves_results_figures_and_the_report_section_reads_them(small_run, 
     rows = json.loads(capsys.readouterr().out)
     assert [r["layer"] for r in rows] == ["conv1", "conv3", "conv3"] and len(rows[2]["feature_error"]) == 2
     out = run_dir / "results"
-    for name in ("inversion.json", "inversion.npz", "inversion.png", "inversion-quadrants.json",
-                 "inversion-quadrants.npz", "inversion-quadrants.png"):
-        assert (out / name).is_file(), name
-    original, back = load_inversions(out / "inversion")
+    [layers] = out.glob("inversion@*.json")  # options given: kept beside the default results
+    [quads] = out.glob("inversion-quadrants@*.json")
+    for path in (layers, quads):
+        assert all(path.with_suffix(ext).is_file() for ext in (".npz", ".png")), path.name
+    original, back = load_inversions(layers)
     torch.testing.assert_close(original, run_test_data(small_run).images[3:4])
     from convlens.report.context import ReportContext
     from convlens.report.sections.inversion import inversion

@@ -259,21 +259,26 @@ def test_clear_errors_for_inputs_and_layers(gray_net):
     assert not any(m._forward_hooks for m in gray_net.modules())
 
 
-def test_cli_saves_maps_and_report_section_reads_them(small_run, capsys):
+def test_cli_saves_maps_and_report_section_reads_them(small_run, tmp_path, capsys):
+    import shutil
+
     from convlens.cli import main
     from convlens.report.context import ReportContext
     from convlens.report.sections.occlusion import occlusion as section
 
-    main(["occlusion", str(small_run.dir), "--index", "0", "--index", "3", "--window", "6", "--stride", "2"])
+    run = tmp_path / "run"
+    shutil.copytree(small_run.dir, run, ignore=shutil.ignore_patterns("results", "report"))
+    main(["occlusion", str(run), "--index", "0", "--index", "3", "--window", "6", "--stride", "2"])
     out = capsys.readouterr().out
     assert "OcclusionMap" in out and "saved:" in out
-    maps = load_maps(small_run.dir / "results" / "occlusion.json")
+    [saved] = (run / "results").glob("occlusion@*.json")  # options given: kept beside the default result
+    maps = load_maps(saved)
     assert [m.index for m in maps] == [0, 3] and maps[0].layer == "relu3" and maps[0].image.shape == (1, 16, 16)
-    assert (small_run.dir / "results" / "occlusion.png").is_file()
-    sec = section(ReportContext(small_run, small_run.dir / "report"))
+    assert saved.with_suffix(".png").is_file()
+    sec = section(ReportContext(convlens.load_run(run), run / "report"))
     assert [b.kind for b in sec.blocks][:3] == ["metrics", "figure", "table"]
     with pytest.raises(SystemExit) as err:
-        main(["occlusion", str(small_run.dir), "--window", "40"])
+        main(["occlusion", str(run), "--window", "40"])
     assert err.value.code == 2
 
 

@@ -112,8 +112,9 @@ def test_cli_saves_results_a_figure_and_a_report_section(small_run, tmp_path, ca
     shutil.copytree(small_run.dir, run_dir, ignore=shutil.ignore_patterns("results", "report"))
     main(["saliency", str(run_dir), "--index", "0", "--index", "5", "--method", "guided", "--target", "3"])
     out = capsys.readouterr().out
-    assert "target 3" in out and (run_dir / "results" / "saliency-guided.png").is_file()
-    res = BackpropResult.load(run_dir / "results" / "saliency.json")
+    [first] = (run_dir / "results").glob("saliency@*.json")  # options given: kept beside the default result
+    assert "target 3" in out and first.with_name(f"{first.stem}-guided.png").is_file()
+    res = BackpropResult.load(first)
     assert res.indices == (0, 5) and res.targets.tolist() == [3, 3] and res.true_masks is None
 
     from PIL import Image
@@ -121,7 +122,8 @@ def test_cli_saves_results_a_figure_and_a_report_section(small_run, tmp_path, ca
     Image.fromarray((np.random.default_rng(0).random((30, 20)) * 255).astype(np.uint8)).save(tmp_path / "x.png")
     main(["saliency", str(run_dir), str(tmp_path / "x.png"), "--out", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig.png").is_file()
-    assert BackpropResult.load(run_dir / "results" / "saliency.json").images.shape == (1, 1, 16, 16)
+    [second] = set((run_dir / "results").glob("saliency@*.json")) - {first}
+    assert BackpropResult.load(second).images.shape == (1, 1, 16, 16)
 
     from convlens.report.context import ReportContext
     from convlens.report.sections.saliency import saliency as section
