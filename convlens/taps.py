@@ -58,7 +58,7 @@ from .errors import InputError, expect
 from .layers import resolve
 
 __all__ = ["capture", "Activations", "activations", "BatchSource", "eval_mode", "model_device", "scripted_path",
-           "resolve_hookable", "torchscript_error"]
+           "resolve_hookable", "torchscript_error", "no_layer_error"]
 
 
 class _StopForward(Exception):
@@ -259,6 +259,13 @@ def resolve_hookable(model: nn.Module, name: str) -> tuple[str, nn.Module]:
     if isinstance(module, torch.jit.ScriptModule):
         raise torchscript_error(name, "TorchScript has no forward hooks to record it with")
     return path, module
+
+
+def no_layer_error(model: nn.Module, scripted_why: str, message: str) -> InputError:
+    """The error when ``model`` has no layer of the kind a method would pick by default: the TorchScript
+    refusal (``scripted_why``) when a scripted module may hide such layers, else ``message``."""
+    scripted = scripted_path(model)
+    return torchscript_error(scripted, scripted_why) if scripted is not None else InputError(message)
 
 
 def torchscript_error(path: str, why: str) -> InputError:

@@ -149,15 +149,13 @@ def code_layer(model: nn.Module, sample: torch.Tensor) -> tuple[str, str]:
 
     ``sample``: (B, C, H, W) images as the model takes them (one or a few suffice)."""
     from ..layers import display_names
-    from ..taps import eval_mode, scripted_path, torchscript_error
+    from ..taps import eval_mode, no_layer_error
 
     linears = {m: p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p}
     if not linears:
-        scripted = scripted_path(model)
-        if scripted is not None:
-            raise torchscript_error(scripted, "TorchScript has no forward hooks to find its CNN code with")
-        raise InputError(f"layer must be given: this {type(model).__name__} has no nn.Linear classifier whose input "
-                         "would be the CNN code; got None")
+        raise no_layer_error(model, "TorchScript has no forward hooks to find its CNN code with",
+                             f"layer must be given: this {type(model).__name__} has no nn.Linear classifier whose "
+                             "input would be the CNN code; got None")
     sizes = {m.in_features for m in linears}
     ran: list[tuple[str, torch.Tensor]] = []     # (path of the Linear, its input), in call order
     outputs: list[tuple[str, torch.Tensor]] = []  # (path, output flattened per image), in finishing order

@@ -207,7 +207,7 @@ def choose_layers(model: nn.Module, layers) -> tuple[list[str], list[str]]:
     from ..arch.grammar import GrammarNet
     from ..insight.rewiring import layer_groups
     from ..layers import display_names, resolve
-    from ..taps import _names, scripted_path, torchscript_error
+    from ..taps import _names, no_layer_error
 
     net = getattr(model, "net", model)
     groups = layer_groups(net) if isinstance(net, GrammarNet) else []
@@ -219,11 +219,9 @@ def choose_layers(model: nn.Module, layers) -> tuple[list[str], list[str]]:
         shown = display_names(model)
         paths = [shown.get(p, p) for p, m in model.named_modules() if p and isinstance(m, nn.Conv2d)]
         if not paths:
-            scripted = scripted_path(model)
-            if scripted is not None:
-                raise torchscript_error(scripted, "TorchScript has no forward hooks to mine its layers with")
-            raise InputError(f"layers must be given: this {type(model).__name__} has no nn.Conv2d layer to mine "
-                             "by default; got None")
+            raise no_layer_error(model, "TorchScript has no forward hooks to mine its layers with",
+                                 f"layers must be given: this {type(model).__name__} has no nn.Conv2d layer to mine "
+                                 "by default; got None")
         return paths, paths
     if isinstance(layers, str):
         layers = [n.strip() for n in layers.split(",") if n.strip()]
