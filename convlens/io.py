@@ -84,3 +84,33 @@ def read_npz(path: str | os.PathLike) -> dict:
 
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+# ---- tensors: safetensors files (never pickle) ---------------------------------------------------
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None):
+    """Atomically write tensors (copied to CPU, contiguous) to a safetensors file."""
+    from safetensors.torch import save as st_save
+
+    flat = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(flat, metadata=metadata))
+
+
+def load_tensors(path: str | os.PathLike, *, what: str) -> tuple[dict, dict[str, str]]:
+    """(tensors on CPU, header metadata) of a safetensors file, or RunError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
+    from .errors import RunError
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such file; expected {what}") from None
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, ValueError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not a readable safetensors file ({err}); expected {what}") from None
+    return tensors, metadata

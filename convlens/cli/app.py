@@ -26,6 +26,14 @@ class _Commands(TyperGroup):
             raise _Interrupted from None
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"convlens {__version__}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
     name="convlens",
     help="Understand and visualize convolutional neural networks.",
@@ -34,6 +42,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print convlens's version and exit.")) -> None:
+    """Understand and visualize convolutional neural networks."""
 
 
 def _resumable(args: list[str]) -> bool:

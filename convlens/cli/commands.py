@@ -4,6 +4,7 @@ from . import gradcheck_cmd  # noqa: F401  gradcheck
 from . import report_cmds  # noqa: F401  report, results, demo
 from . import summary_cmd  # noqa: F401  summary
 from . import train_cmds  # noqa: F401  train, evaluate
+from . import wrap_cmd  # noqa: F401  wrap
 from . import insight_probe_cmds  # noqa: F401  probe, ablate
 from . import insight_health_cmd  # noqa: F401  health
 from . import insight_invariance_cmds  # noqa: F401  invariance, fool-linear

@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from ..errors import RunError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_bytes, atomic_write_json, load_tensors, save_tensors  # noqa: F401  (the run's files)
 
 FORMAT = "convlens-checkpoint"
 _META_KEY = "convlens"
@@ -47,27 +44,6 @@ def read_json(path: str | os.PathLike, *, what: str) -> dict:
     if not isinstance(obj, dict):
         raise RunError(f"{path}: expected {what} (a JSON object); got a JSON {type(obj).__name__}")
     return obj
-
-
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
-    """Atomically write tensors (copied to CPU, contiguous) to a safetensors file."""
-    flat = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    write_bytes(path, st_save(flat, metadata=metadata))
-
-
-def load_tensors(path: str | os.PathLike, *, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors on CPU, header metadata) of a safetensors file, or RunError naming the file."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise RunError(f"{path}: no such file; expected {what}") from None
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__", {}) or {}
-    except (SafetensorError, ValueError, json.JSONDecodeError) as err:
-        raise RunError(f"{path}: not a readable safetensors file ({err}); expected {what}") from None
-    return tensors, metadata
 
 
 # ---- the run directory ------------------------------------------------------------------------------

@@ -7,15 +7,13 @@ A run directory (written by ``convlens.train``) holds::
     weights.safetensors      the model's state_dict (the last completed epoch's weights)
     checkpoint.safetensors   weights + optimizer state + epoch, for resuming (see checkpoint.py)
 
-``load_run`` also reads a bare state_dict (``.safetensors``; ``.pt``/``.pth`` through
-``torch.load(weights_only=True)``, never unpickling code) together with ``arch=`` (a zoo name, a
-grammar spec, or your own ``nn.Module`` to fill), and a TorchScript file (``torch.jit.load``).
+``load_run`` is the one model resolver: besides a run directory it takes any model source that
+``sources.py`` knows (a ``.pt2`` program, TorchScript, a weight file with ``arch=``, your own
+``file.py:factory``, a zoo name or grammar spec); ``wrap.py`` writes a run directory for such a model.
 Nets take *normalized* input; ``run.pixel_model()`` takes images in [0, 1].
 """
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,11 +21,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..arch.grammar import describe, parse
-from ..arch.zoo import build, get_entry, is_zoo_name
+from ..arch.grammar import parse
 from ..errors import ConvLensError, InputError, RunError, expect
+from ..io import load_tensors
 from ..layers import lecture_names
-from .checkpoint import load_tensors, read_json
+from ..models.weights import load_weights, read_state_dict  # noqa: F401  (read_state_dict: the public name)
+from .checkpoint import read_json
 
 MANIFEST = "run.json"
 WEIGHTS = "weights.safetensors"
@@ -52,8 +51,12 @@ class PixelModel(nn.Module):
     """``Normalize`` then the net: takes images in [0, 1]. Shares the net (no copy).
 
     ``lecture_names`` are the net's, re-prefixed with ``net.`` so that ``resolve(pm, "conv1")``
-    finds ``net.features.conv1``.
+    finds ``net.features.conv1``. ``wraps`` names the attribute holding the user's module, so that
+    layer lookup (``layers.resolve``) and error messages can speak of the user's model and its own
+    module paths, without the ``net.`` prefix.
     """
+
+    wraps = "net"
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, *,
                  class_names: Sequence[str] | None = None, input_shape: tuple[int, int, int] | None = None):
@@ -123,10 +126,14 @@ class Run:
 
     def __repr__(self) -> str:
         where = self.dir or self.path or "memory"
-        arch = (self.manifest.get("arch") or {}).get("spec") or type(self.model).__name__
+        a = self.manifest.get("arch") or {}
+        source = a.get("source") or {}
+        arch = a.get("spec") or a.get("class") or type(self.model).__name__
+        if source.get("kind") in ("factory", "export", "torchscript", "instance", "pretrained"):
+            arch += f" ({source['kind']}: {source.get('ref') or source.get('original') or source.get('file') or source.get('name') or source.get('class')})"
+        count = len(self.class_names) if self.class_names else a.get("num_classes") or "?"
         lines = [f"Run({str(where)!r}, status={self.status!r})", f"  arch         {arch}",
-                 f"  input_shape  {self.input_shape}",
-                 f"  classes      {len(self.class_names) if self.class_names else '?'}"]
+                 f"  input_shape  {self.input_shape}", f"  classes      {count}"]
         hist = self.history
         if hist:
             last = hist[-1]
@@ -148,66 +155,157 @@ def model_and_run(model_or_run) -> tuple[nn.Module, "Run | None"]:
 
 # ---- loading -------------------------------------------------------------------------------------
 
-def load_run(path: str | Path, *, arch: str | nn.Module | None = None,
-             input_shape: tuple[int, int, int] | None = None, class_names: Sequence[str] | None = None,
+def load_run(source, *, arch: str | nn.Module | None = None, weights: str | Path | None = None,
+             input_shape: Sequence[int] | None = None, class_names: Sequence[str] | int | None = None,
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
              device: str | torch.device | None = None) -> Run:
-    """Load a run directory, a state_dict file (with ``arch``) or a TorchScript file.
+    """The one model resolver: a run directory, or any model source (``sources.py``) -> a Run.
 
-    For a file, ``mean``/``std`` default to no normalization and ``class_names`` to None (unknown:
-    ``evaluate`` then takes the data's);
-    ``input_shape`` defaults to the zoo entry's (required for a grammar spec). With ``arch`` an
-    ``nn.Module``, the weights are loaded into it in place (it stays on its device unless
-    ``device`` is given); everything else is loaded onto ``device`` (default CPU).
+    ``source``: a run directory; a ``.pt2`` file (``torch.export.save``); a TorchScript file; a weight
+    file (``.safetensors``, ``.pt``/``.pth`` loaded with ``weights_only=True``) with ``arch``;
+    ``path/to/file.py:factory`` or ``package.module:factory`` (imports and runs your code); a zoo name or
+    a grammar spec; an ``nn.Module``. ``weights``: a state_dict file loaded strictly into the model.
+    For anything but a run directory: ``input_shape`` (C, H, W) defaults to the model's own
+    (``model.input_shape``, a .pt2's example input, a zoo entry's); ``mean``/``std`` to no
+    normalization; ``class_names`` (names, or a count) to unknown (``evaluate`` then takes the data's).
+    With an ``nn.Module`` (as ``source`` or ``arch``) the module is used in place and stays on its device
+    unless ``device`` is given; everything else is loaded onto ``device`` (default CPU).
     """
-    p = Path(path)
-    if not p.exists():
-        raise RunError(f"{p}: no such file or directory; expected a run directory (holding {MANIFEST}) "
-                       "or a weight file (.safetensors, .pt, .pth, TorchScript)")
-    if p.is_dir():
-        if arch is not None:
-            raise InputError(f"arch must be None for a run directory (its manifest names the arch); got {arch!r}")
-        return _load_dir(p, device)
-    if _is_torchscript(p):
-        return _load_script(p, input_shape, class_names, mean, std, device)
-    if arch is None:
-        raise RunError(f"{p}: a bare weight file needs arch= (a zoo name, a grammar spec or an nn.Module) "
-                       "to know which network the weights belong to")
-    state = read_state_dict(p)
-    net, shape = _build_for_file(arch, state, input_shape, class_names)
-    load_weights(net, state, source=p)
-    names = list(class_names) if class_names is not None else None
-    channels = shape[0] if shape else None
-    m, s = _norm(mean, std, channels)
-    manifest = {"format": RUN_FORMAT, "status": "loaded", "source_file": str(p),
-                "arch": {"spec": _spec_of(net), "input_shape": list(shape) if shape else None}}
-    if device is not None or not isinstance(arch, nn.Module):
+    if isinstance(source, Run):
+        return source
+    if not isinstance(source, (str, Path, nn.Module)):
+        raise expect("source", "a run directory, a model file or reference, or an nn.Module", type(source).__name__)
+    p = Path(source) if isinstance(source, (str, Path)) else None
+    if p is not None and p.is_dir():
+        if weights is not None:
+            raise InputError(f"weights must be None for a run directory (it holds its own); got {weights}")
+        return _load_dir(p, device, arch=arch)
+    from .sources import model_label, resolve_source
+
+    net, record, facts = resolve_source(source, arch=arch, input_shape=input_shape, device=device)
+    if weights is not None:
+        from ..models.weights import load_weights, read_state_dict
+
+        wp = Path(weights)
+        if not wp.is_file():
+            raise RunError(f"{wp}: no such file; expected the weights (.safetensors, .pt, .pth) for {source}")
+        load_weights(net, read_state_dict(wp), source=wp, label=model_label(net))
+    keep_device = isinstance(source, nn.Module) or isinstance(arch, nn.Module)
+    if device is not None or not keep_device:
         net = net.to(device or "cpu")
-    return Run(net.eval(), names, m, s, shape, manifest, dir=None, path=p)
+    shape = _input_shape(input_shape, net, facts)
+    names, count = _class_names(class_names)
+    m, s = _norm(mean, std, shape[0] if shape else None)
+    manifest = {"format": RUN_FORMAT, "status": "loaded", "source_file": str(source) if p is not None else None,
+                "arch": {"source": record, "spec": record.get("spec"), "input_shape": list(shape) if shape else None,
+                         "num_classes": count, "class": model_label(net)}}
+    run = Run(net.eval(), names, m, s, shape, manifest, dir=None, path=p)
+    if count is not None:
+        check_outputs(run, count)
+    return run
 
 
-def _load_dir(d: Path, device) -> Run:
+def _input_shape(given, net: nn.Module, facts: dict) -> tuple[int, int, int] | None:
+    shape = given if given is not None else getattr(net, "input_shape", None)
+    if shape is None and facts.get("example_shape") and len(facts["example_shape"]) == 4:
+        shape = facts["example_shape"][1:]
+    if shape is None:
+        return None
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise expect("input_shape", "(C, H, W) with positive sizes", shape)
+    return shape
+
+
+def _class_names(class_names) -> tuple[list[str] | None, int | None]:
+    """(names or None, count or None) from names, a count, or None."""
+    if class_names is None:
+        return None, None
+    if isinstance(class_names, int) and not isinstance(class_names, bool):
+        if class_names < 1:
+            raise expect("class_names", "names, or a positive count", class_names)
+        return None, class_names
+    names = [str(c) for c in class_names]
+    if not names:
+        raise expect("class_names", "a non-empty list of names (or a count)", names)
+    if len(set(names)) != len(names):
+        dup = next(c for c in names if names.count(c) > 1)
+        raise InputError(f"class_names must be distinct; got {dup!r} twice")
+    return names, len(names)
+
+
+@torch.no_grad()
+def output_count(run: Run) -> int:
+    """Scores per image of the run's model: one forward of two grey images of its input shape (eval mode,
+    restored); InputError naming the model when it cannot take them or returns no (N, K) scores."""
+    label = run.manifest.get("arch", {}).get("class") or type(run.model).__name__
+    c, h, w = run.input_shape
+    ref = next(iter(run.model.parameters()), None)
+    x = torch.full((2, c, h, w), 0.5, device=ref.device if ref is not None else "cpu")
+    was = run.model.training
+    run.model.eval()
+    try:
+        out = run.pixel_model()(x)
+    except ConvLensError:
+        raise
+    except Exception as err:
+        raise InputError(f"{label} cannot take input {h}x{w}x{c} (H x W x C; from --input or the model): "
+                         f"{type(err).__name__}: {str(err)[:300]}") from None
+    finally:
+        run.model.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise InputError(f"{label} must return class scores (N, K); on input {h}x{w}x{c} it returned "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return int(out.shape[1])
+
+
+def check_outputs(run: Run, count: int) -> None:
+    """InputError unless the run's model gives ``count`` scores per image (nothing to check without an input shape)."""
+    if run.input_shape is None:
+        return
+    got = output_count(run)
+    if got != count:
+        label = run.manifest.get("arch", {}).get("class") or type(run.model).__name__
+        raise InputError(f"the class names must number as many as the model's outputs: {label} gives {got} scores "
+                         f"per image; got {count} class names")
+
+
+def _load_dir(d: Path, device, *, arch=None) -> Run:
     mpath = d / MANIFEST
     if not mpath.exists():
-        raise RunError(f"{d}: no {MANIFEST}; expected a run directory written by convlens.train")
+        raise RunError(f"{d}: no {MANIFEST}; expected a run directory written by convlens.train or convlens wrap")
     manifest = read_json(mpath, what=_MANIFEST_WHAT)
     try:
         a = manifest["arch"]
         shape = tuple(int(v) for v in a["input_shape"])
-        names = [str(c) for c in manifest["class_names"]]
+        names = manifest.get("class_names")
+        names = [str(c) for c in names] if names is not None else None
         mean, std = manifest["normalization"]["mean"], manifest["normalization"]["std"]
-        net = build_net(a)
+        kind = (a.get("source") or {}).get("kind", "grammar")
+        if arch is not None and kind != "instance":
+            raise InputError(f"arch must be None for a run directory (its manifest names the arch); got {arch!r}")
+        if kind != "grammar":
+            from .sources import rebuild
+
+            net = rebuild(a["source"], d, arch_entry=a, arch=arch, device=device)
+        else:
+            net = build_net(a)
+    except InputError:
+        raise
     except ConvLensError as err:
-        raise RunError(f"{mpath}: its arch cannot be rebuilt: {err}") from None
+        raise RunError(f"{mpath}: its model cannot be rebuilt: {err}") from None
     except (KeyError, TypeError, ValueError) as err:
         raise RunError(f"{mpath}: missing or malformed entry {err}; expected {_MANIFEST_WHAT}") from None
-    wpath = d / WEIGHTS
+    wpath = d / (manifest.get("files") or {}).get("weights", WEIGHTS)
     if not wpath.exists():
         raise RunError(f"{wpath}: no such file; expected the run's weights (has training finished an epoch?)")
     state, _ = load_tensors(wpath, what="the run's weights")
-    load_weights(net, state, source=wpath)
+    from .sources import model_label
+
+    load_weights(net, state, source=wpath, label=model_label(net))
     m, s = _norm(mean, std, shape[0])
-    return Run(net.to(device or "cpu").eval(), names, m, s, shape, manifest, dir=d, path=d)
+    keep_device = isinstance(arch, nn.Module) and device is None
+    return Run((net if keep_device else net.to(device or "cpu")).eval(), names, m, s, shape, manifest, dir=d, path=d)
 
 
 def build_net(arch: dict) -> nn.Module:
@@ -221,100 +319,6 @@ def build_net(arch: dict) -> nn.Module:
     return net.to(dtype)
 
 
-def load_weights(net: nn.Module, state: dict[str, torch.Tensor], *, source: Path) -> None:
-    """``net.load_state_dict(state)``, or RunError listing (briefly) what does not match."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} (net wants {tuple(own[k].shape)})"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = [f"{what}: {_brief(keys)}" for what, keys in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)) if keys]
-    if problems:
-        raise RunError(f"{source}: weights do not match the {type(net).__name__}; " + "; ".join(problems))
-    net.load_state_dict(state)
-
-
-def _brief(items: list[str], n: int = 4) -> str:
-    return ", ".join(items[:n]) + (f", … ({len(items)} in all)" if len(items) > n else "")
-
-
-def read_state_dict(p: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from .safetensors, or from a torch.save file with ``weights_only=True``."""
-    if p.suffix == ".safetensors":
-        state, _ = load_tensors(p, what="a state_dict in safetensors format")
-        return _strip_prefix(state)
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise RunError(f"{p}: holds pickled Python objects that torch.load(weights_only=True) refuses; convlens "
-                       "never unpickles code. Re-save the weights with torch.save(model.state_dict(), path) "
-                       "or safetensors.torch.save_file") from None
-    except Exception as err:  # truncated zip, not a torch file at all, ...
-        raise RunError(f"{p}: not a readable PyTorch weight file ({type(err).__name__}: {str(err)[:200]})") from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise RunError(f"{p}: expected a state_dict (a dict of tensor names to tensors); got {type(obj).__name__}")
-    return _strip_prefix(obj)
-
-
-def _strip_prefix(state: dict) -> dict:
-    """Drop the ``module.`` prefix that DataParallel/DistributedDataParallel add to every key."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _head(net: nn.Module) -> tuple[str, int] | None:
-    """(state_dict key, output width) of the net's last Linear (else last Conv2d): its class count."""
-    last = None
-    for kind in (nn.Linear, nn.Conv2d):
-        for path, m in net.named_modules():
-            if isinstance(m, kind):
-                last = (f"{path}.weight" if path else "weight", m.weight.shape[0])
-        if last is not None:
-            return last
-    return None
-
-
-def _build_for_file(arch, state, input_shape, class_names) -> tuple[nn.Module, tuple | None]:
-    """The net to load ``state`` into, sized to the state's class count (or to ``class_names``)."""
-    if isinstance(arch, nn.Module):
-        shape = input_shape or getattr(arch, "input_shape", None)
-        return arch, (tuple(shape) if shape else None)
-    if not isinstance(arch, str):
-        raise InputError(f"arch must be a zoo name, a grammar spec or an nn.Module; got {type(arch).__name__}")
-    if is_zoo_name(arch):
-        shape = tuple(input_shape or get_entry(arch).input_shape)
-    elif input_shape is None:
-        raise InputError(f"input_shape must be given as (C, H, W) to build the grammar spec {arch!r}; got None")
-    else:
-        shape = tuple(input_shape)
-    with torch.random.fork_rng(devices=[]):
-        net = _make(arch, shape, None)
-        head = _head(net)
-        n_out = int(state[head[0]].shape[0]) if head and head[0] in state and state[head[0]].dim() else None
-        if class_names is not None and n_out is not None and len(class_names) != n_out:
-            raise InputError(f"class_names must have one name per output ({n_out}); got {len(class_names)} names")
-        if n_out is not None and head and n_out != head[1]:
-            net = _make(arch, shape, n_out)
-    return net, shape
-
-
-def _make(arch: str, shape: tuple[int, int, int], num_classes: int | None) -> nn.Module:
-    return build(arch, input_shape=shape, num_classes=num_classes)
-
-
-def _spec_of(net: nn.Module) -> str | None:
-    try:
-        return describe(net)
-    except ConvLensError:
-        return None
-
-
 def _norm(mean, std, channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if mean is None and std is None:
         return torch.zeros(1), torch.ones(1)
@@ -326,26 +330,3 @@ def _norm(mean, std, channels: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if (s <= 0).any():
         raise InputError(f"std must be positive; got {s.tolist()}")
     return m, s
-
-
-# ---- TorchScript -----------------------------------------------------------------------------------
-
-def _is_torchscript(p: Path) -> bool:
-    """A TorchScript archive is a zip with a ``code/`` folder (a torch.save zip has none)."""
-    if p.suffix == ".safetensors" or not zipfile.is_zipfile(p):
-        return False
-    with zipfile.ZipFile(p) as z:
-        return any("/code/" in name or name.startswith("code/") for name in z.namelist())
-
-
-def _load_script(p: Path, input_shape, class_names, mean, std, device) -> Run:
-    try:
-        net = torch.jit.load(str(p), map_location=device or "cpu")
-    except Exception as err:
-        raise RunError(f"{p}: not a loadable TorchScript file ({type(err).__name__}: {str(err)[:200]})") from None
-    shape = tuple(int(v) for v in input_shape) if input_shape is not None else None
-    names = list(class_names) if class_names is not None else None
-    m, s = _norm(mean, std, shape[0] if shape else None)
-    manifest: dict[str, Any] = {"format": RUN_FORMAT, "status": "loaded", "source_file": str(p),
-                                "arch": {"spec": None, "input_shape": list(shape) if shape else None}}
-    return Run(net.eval(), names, m, s, shape, manifest, dir=None, path=p)

@@ -13,7 +13,7 @@ from .blocks import Figure, Section
 
 
 def _template(name: str) -> str:
-    return resources.files("convlens.report").joinpath("templates", name).read_text(encoding="utf-8")
+    return resources.files("convlens.reporting").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def render_html(sections: list[Section], *, title: str, subtitle: str = "") -> str:

@@ -13,10 +13,11 @@ from ..results import ResultStore
 
 
 class ReportContext:
-    def __init__(self, run, out_dir: Path):
+    def __init__(self, run, out_dir: Path, *, data=None):
         self.run = run
         self.out_dir = Path(out_dir)
         self.store = ResultStore.of(run)
+        self.data = data  # the test images given to the report (None: the run's own test split)
 
     @property
     def model(self):
@@ -28,9 +29,21 @@ class ReportContext:
 
     @cached_property
     def test_data(self):
+        """The images the report evaluates on and shows: the ones given, else the run's own test split."""
+        from ..errors import InputError
         from ..training.evaluate import run_test_data
 
-        return run_test_data(self.run)
+        if isinstance(self.data, (str, Path)):
+            from .. import datasets
+
+            return datasets.load(str(self.data), split="test")
+        if self.data is not None:
+            return self.data
+        try:
+            return run_test_data(self.run)
+        except InputError:
+            raise InputError(f"data must be given (report(run, data=...), CLI --data): the run "
+                             f"{self.run.dir or self.run.path} does not record its test data; got None") from None
 
     @cached_property
     def evaluation(self):
