@@ -291,3 +291,18 @@ def run_gloo_workers(worker, tmp_path, world_size: int = 2, *args) -> list:
         p.join(timeout=60)
         assert p.exitcode == 0
     return sorted(got, key=lambda g: g[0])
+
+
+def run_weights(run_dir) -> dict[str, torch.Tensor]:
+    """The weights a run directory holds (its weights.safetensors)."""
+    import os
+
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(run_dir, "weights.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -9,11 +9,11 @@ to the package's own ``__init__`` (node ``convlens``) for the names it defines i
 Rules:
 1. No cycle between nodes.
 2. ``plots`` draws results and imports no computation: only ``plots`` and ``errors``.
-3. The library (every node but ``plots``, ``report`` and ``cli``) imports ``plots`` only to hand a
+3. The library (every node but ``plots``, ``reporting`` and ``cli``) imports ``plots`` only to hand a
    result to a figure, inside a method named ``plot``, ``plot_<what>`` or ``_repr_png_``
    (``fig = result.plot()`` only delegates); these edges are left out of rule 1.
 4. Nothing outside ``cli`` imports ``cli``.
-5. Only ``cli`` imports ``report``; the report is a layer over the library and ``plots``.
+5. Only ``cli`` imports ``reporting``; the report is a layer over the library and ``plots``.
 Imports by name at run time (``importlib.import_module("...")``) are not seen.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "convlens"
-FIGURES, REPORT, CLI = "plots", "report", "cli"
+FIGURES, REPORT, CLI = "plots", "reporting", "cli"
 PLOTS_MAY_IMPORT = {"plots", "errors"}
 DELEGATE = re.compile(r"plot|plot_\w+|_repr_png_")  # result-object methods that hand the result to plots
 
@@ -175,7 +175,7 @@ def violations(root: Path) -> list[str]:
         if e.dst == CLI:
             out.append(f"only cli imports cli: {e}")
         if e.dst == REPORT and e.src != CLI:
-            out.append(f"only cli imports report: {e}")
+            out.append(f"only cli imports reporting: {e}")
     return out
 
 
@@ -189,7 +189,7 @@ def test_the_graph_sees_lazy_imports_and_delegating_plot_methods():
     edges = import_edges(PACKAGE)
     pairs = {(e.src, e.dst) for e in edges}
     assert ("insight", "training") in pairs            # lazy imports inside functions count
-    assert ("cli", "report") in pairs and ("report", "plots") in pairs
+    assert ("cli", "reporting") in pairs and ("reporting", "plots") in pairs
     to_plots = [e for e in edges if e.src == "codespace" and e.dst == "plots"]
     assert to_plots and all(e.delegate for e in to_plots)  # TSNEResult.plot ... hand their results to plots
 
@@ -206,7 +206,7 @@ def test_the_checker_finds_planted_violations(tmp_path):
         "__init__.py": '_API = {"fit": "pkg.training.fit"}\n',
         "errors.py": "",
         "training/__init__.py": "",
-        "training/fit.py": "from ..units import grid\nfrom ..report import page\n",  # training -> units, report
+        "training/fit.py": "from ..units import grid\nfrom ..reporting import page\n",  # training -> units, reporting
         "units/__init__.py": "",
         "units/grid.py": ("from .. import fit\n"                          # via the flat API: units -> training
                           "from ..plots.draw import figure\n"              # computation -> plots
@@ -219,24 +219,24 @@ def test_the_checker_finds_planted_violations(tmp_path):
                           "    import pkg.cli.app\n"),                     # library -> cli
         "plots/__init__.py": "",
         "plots/draw.py": "from ..errors import expect\nfrom ..units.grid import Result\n",  # plots -> units
-        "report/__init__.py": "from ..cli import app\n",                   # report -> cli
+        "reporting/__init__.py": "from ..cli import app\n",                # reporting -> cli
         "cli/__init__.py": "",
-        "cli/app.py": "from ..report import page\nfrom ..units import grid\n",
+        "cli/app.py": "from ..reporting import page\nfrom ..units import grid\n",
     })
     found = violations(pkg)
     assert [v for v in found if v.startswith("cycle")] == [  # one component, and its shortest cycle
-        "cycle between cli, plots, report, training, units: cli -> report (cli/app.py:1); "
-        "report -> cli (report/__init__.py:1)"]
+        "cycle between cli, plots, reporting, training, units: cli -> reporting (cli/app.py:1); "
+        "reporting -> cli (reporting/__init__.py:1)"]
     assert [v for v in found if v.startswith("plots imports")] == [
         "plots imports computation: plots -> units (plots/draw.py:2)"]
     assert sorted(v for v in found if v.startswith("the library imports plots")) == [
         "the library imports plots outside a plot/plot_*/_repr_png_ method: units -> plots (units/grid.py:2)",
         "the library imports plots outside a plot/plot_*/_repr_png_ method: units -> plots (units/grid.py:7)"]
     assert sorted(v for v in found if v.startswith("only cli imports cli")) == [
-        "only cli imports cli: report -> cli (report/__init__.py:1)",
+        "only cli imports cli: reporting -> cli (reporting/__init__.py:1)",
         "only cli imports cli: units -> cli (units/grid.py:9)"]
-    assert [v for v in found if v.startswith("only cli imports report")] == [
-        "only cli imports report: training -> report (training/fit.py:2)"]
+    assert [v for v in found if v.startswith("only cli imports reporting")] == [
+        "only cli imports reporting: training -> reporting (training/fit.py:2)"]
     assert not any("units/grid.py:5" in v for v in found)                  # the delegating method is allowed
 
 
@@ -247,9 +247,18 @@ def test_the_checker_passes_a_tree_that_keeps_the_rules(tmp_path):
         "units/grid.py": ("from .. import __version__\nfrom ..errors import Error\n"
                           "class Result:\n    def _repr_png_(self):\n        from ..plots.draw import png\n"),
         "plots/draw.py": "from ..errors import Error\nfrom .common import pyplot\n",
-        "report/page.py": "from ..units.grid import Result\nfrom ..plots import draw\n",
-        "cli/app.py": "from ..report import page\n",
+        "reporting/page.py": "from ..units.grid import Result\nfrom ..plots import draw\n",
+        "cli/app.py": "from ..reporting import page\n",
     })
     assert violations(pkg) == []
-    assert graph_text(import_edges(pkg)) == ("  cli -> report\n  pkg -> errors\n  plots -> errors\n"
-                                             "  report -> plots, units\n  units -> errors, pkg, plots*")
+    assert graph_text(import_edges(pkg)) == ("  cli -> reporting\n  pkg -> errors\n  plots -> errors\n"
+                                             "  reporting -> plots, units\n  units -> errors, pkg, plots*")
+
+
+def test_no_flat_api_name_is_hidden_by_a_subpackage_of_the_same_name():
+    """``convlens.report`` is a function: a subpackage or module ``convlens/report`` would hide it, since
+    importing ``convlens.report.<anything>`` sets the package attribute ``report`` to the subpackage."""
+    api = _flat_api(PACKAGE)
+    hidden = [f"{name} ({module})" for name, module in api.items()
+              if ((PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file()) and module != f"convlens.{name}"]
+    assert not hidden, "flat-API names that are also a subpackage or module of convlens: " + ", ".join(hidden)

@@ -18,7 +18,7 @@ import convlens
 from convlens.cli.app import main
 from convlens.errors import InputError
 from convlens.results import ANALYSES, CURRENT, STALE, UNKNOWN, ResultStore
-from convlens.report.context import ReportContext
+from convlens.reporting.context import ReportContext
 
 CHANNELS = [8, 16, 32]  # conv1..conv3 of conftest's SMALL_SPEC
 
@@ -58,7 +58,7 @@ def section(name, run_dir, tmp_path):
 
     module, fn = {"fooling": ("fooling", "fooling"), "patches": ("patches", "patches"),
                   "health": ("health", "health")}[name]
-    build = getattr(importlib.import_module(f"convlens.report.sections.{module}"), fn)
+    build = getattr(importlib.import_module(f"convlens.reporting.sections.{module}"), fn)
     return build(ReportContext(convlens.load_run(run_dir), tmp_path / "report"))
 
 
@@ -284,10 +284,12 @@ def test_every_result_a_report_section_reads_is_registered():
     import ast
     from pathlib import Path
 
-    folder = Path(convlens.__file__).parent / "report" / "sections"
+    folder = Path(convlens.__file__).parent / "reporting" / "sections"
+    assert folder.is_dir()
     asked = {node.args[0].value for path in folder.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("result", "arrays")
              and node.args and isinstance(node.args[0], ast.Constant)}
+    assert "top-patches" in asked                                              # the sections were read
     asked |= {f"fooling-{m}" for m in ("gradient", "evolution")} | {f"invariance-{t}" for t in
                                                                      ("translate", "scale", "rotate")}
     assert asked <= set(ANALYSES), asked - set(ANALYSES)
@@ -301,3 +303,43 @@ def test_load_reads_back_what_saving_wrote(run_dir):
     assert store.load("top-patches", {"k": 3}).k == 3
     with pytest.raises(InputError, match="was not computed with these options"):
         store.load("top-patches")
+
+
+# ---- results computed in Python --------------------------------------------------------------------------------
+
+def test_a_result_computed_in_python_is_saved_with_its_record_and_reads_back(run_dir):
+    run = convlens.load_run(run_dir)
+    result = convlens.class_model(run, [3, 7], steps=3)
+    store = ResultStore(run)                                                   # a Run, or its directory
+    path = store.save("class-model", result)
+    assert path == run_dir / "results" / "class-model.json" and path.with_suffix(".npz").is_file()
+    record = json.loads((run_dir / "results" / ".records" / "class-model.json").read_text())
+    assert record["options"] == {} and record["seconds"] is None
+    assert record["weights"] == hashlib.sha256((run_dir / "weights.safetensors").read_bytes()).hexdigest()[:16]
+    [entry] = ResultStore(run_dir).listing()
+    assert (entry.name, entry.default, entry.state, entry.seconds) == ("class-model", True, CURRENT, None)
+    back = ResultStore(run_dir).load("class-model")
+    assert back.info["targets"] == [3, 7] and (back.images == result.images).all()
+    assert "class-model" in repr(ResultStore(run_dir).listing())              # a blank time, not a crash
+    before = sha(path)
+    beside = store.save("class-model", result, options={"classes": ["3", "7"], "steps": 3})
+    assert beside.name.startswith("class-model@") and sha(path) == before      # kept beside the default
+    assert ResultStore(run_dir).shown("class-model").path == path             # the report shows the default
+    perturb_weights(run_dir)
+    assert ResultStore(run_dir).entry("class-model").state == STALE
+
+
+def test_saving_from_python_checks_the_run_the_name_and_the_result(run_dir, tmp_path):
+    run = convlens.load_run(run_dir)
+    with pytest.raises(InputError, match="name must be an analysis of the results store.*Did you mean 'class-model'"):
+        ResultStore(run).save("class-models", None)
+    with pytest.raises(InputError, match=r"result must be what 'class-model' computes.*got a str"):
+        ResultStore(run).save("class-model", "not a result")
+    with pytest.raises(InputError, match=r"options of 'class-model' must be among classes, seeds, steps"):
+        ResultStore(run).save("class-model", None, options={"lr": 1})
+    file_run = convlens.load_run(run_dir / "weights.safetensors", arch=run.model)
+    with pytest.raises(InputError, match="run must have a run directory to keep results in"):
+        ResultStore(file_run)
+    with pytest.raises(InputError, match="run must be a Run or a run directory; got 'int'"):
+        ResultStore(3)
+    assert not (run_dir / "results" / ".records").exists()                    # nothing recorded

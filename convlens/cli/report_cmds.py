@@ -16,14 +16,16 @@ from .output import echo_saved, train_progress
 def report_cmd(
     run: Path = typer.Argument(..., help="Run directory (written by `convlens train`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: RUN/report)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Test images to evaluate on and show: a dataset name "
+                                                             "or path (its test split); default: the run's own."),
 ) -> None:
     """Write one self-contained HTML report (figures embedded) plus its PNG figures."""
-    from ..report import build_report
+    from ..reporting import report
     from ..results import STALE, ResultStore
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    path = build_report(loaded, out)
+    path = report(loaded, out, data=data)
     store = ResultStore.of(loaded)
     for e in store.listing() if store is not None else []:
         if e.state == STALE:
@@ -54,7 +56,7 @@ def demo_cmd(
     force: bool = typer.Option(False, "--force", help="Run every analysis again, even those already current."),
 ) -> None:
     """Train the default model on the built-in `shapes` data, evaluate it, analyse it and write the report."""
-    from ..report import build_report
+    from ..reporting import report
     from ..results import saving
     from .demo_steps import run_steps
     from ..training.evaluate import evaluate
@@ -70,6 +72,6 @@ def demo_cmd(
     if analyses:
         typer.echo(f"\nanalyses (results in {saved.parent}; current ones are skipped):")
         run_steps(run, echo=typer.echo, force=force)
-    path = build_report(run)
+    path = report(run)
     typer.echo(f"\nreport: {path.resolve()}")
     typer.echo(f"figures: {path.parent.resolve() / 'figures'}")

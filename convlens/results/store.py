@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import InputError, expect
+from ..errors import ConvLensError, InputError, expect
 from ..io import atomic_write_bytes, atomic_write_json, read_json, read_npz
 from .provenance import data_key, file_key, options_key
 from .registry import ANALYSES, Analysis, analysis, imported
@@ -99,10 +99,20 @@ class Saver:
 
 
 class ResultStore:
-    """The results folder of the run directory ``run_dir`` (see the module docstring)."""
+    """The results folder of a run directory (see the module docstring); ``run``: a Run that has one, or its path.
 
-    def __init__(self, run_dir: str | Path):
-        self.dir = Path(run_dir)
+    Results computed in Python go in with ``save``: ``ResultStore(run).save("class-model",
+    convlens.class_model(run, "star"))``, and then show in ``convlens.report(run)``."""
+
+    def __init__(self, run: str | Path):
+        if not isinstance(run, (str, Path)):
+            if not hasattr(run, "dir") or not hasattr(run, "manifest"):
+                raise expect("run", "a Run or a run directory", type(run).__name__)
+            if run.dir is None:
+                raise InputError(f"run must have a run directory to keep results in; got a model loaded from "
+                                 f"{run.path or 'memory'}")
+            run = run.dir
+        self.dir = Path(run)
         self.folder = self.dir / "results"
         self._read: tuple[int, dict] | None = None  # (run.json's modification time, its contents)
 
@@ -151,7 +161,27 @@ class ResultStore:
         if saver.saved:
             self._record(name, path, options, time.perf_counter() - start)
 
-    def _record(self, name: str, path: Path, options: dict, seconds: float) -> None:
+    def save(self, name: str, result, *, options: dict | None = None) -> Path:
+        """Put ``result``, computed in Python, into the store as the analysis ``name``; returns its JSON path.
+
+        ``result``: what the analysis's function returns (``convlens.class_model(run, "star")`` for
+        ``"class-model"``). ``options``: those it was computed with that differ from its command's
+        defaults, named as the command names them (``{"classes": "star"}``); None saves it as the default
+        result, the one the report shows. What it depends on (the run's weights and data, as they are now)
+        is recorded as for a command's result; the time it took is not known (shown blank).
+        """
+        path, options = self.path(name, options), dict(options or {})
+        try:
+            imported(analysis(name).save)(path, result)
+        except ConvLensError:
+            raise
+        except (AttributeError, TypeError, KeyError, ValueError) as err:
+            raise InputError(f"result must be what {name!r} computes, to be saved in its format; got a "
+                             f"{type(result).__name__} ({type(err).__name__}: {err})") from None
+        self._record(name, path, options, None)
+        return path
+
+    def _record(self, name: str, path: Path, options: dict, seconds: float | None) -> None:
         from .. import __version__
 
         spec = analysis(name)
@@ -159,7 +189,8 @@ class ResultStore:
             "name": name, "default": not options or spec.single, "options": options,
             "weights": self.weights_key() if spec.weights else None,
             "data": self.data_key(name, options) if spec.data else None,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(seconds, 3),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": None if seconds is None else round(seconds, 3),
             "convlens": __version__, "files": _stats(path)})
 
     def _record_path(self, path: Path) -> Path:

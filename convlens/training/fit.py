@@ -13,6 +13,12 @@ run resumed from its checkpoint ends exactly where an uninterrupted one does. Th
 RNG state is left as found. Each epoch drops its last partial batch (a fresh shuffle each epoch
 means every image is still seen). The run directory (resuming, saving each epoch, the manifest) is
 ``session.py``'s.
+
+Any ``nn.Module`` trains, not only the grammar's: give a factory (``path/to/file.py:make``,
+``package.module:make``, or a callable) and it is called under the seeded RNG, so its weights are the
+same on every call; give a module instance and it is trained in place from its current weights. The run
+records how to rebuild the model: the factory's reference (an instance's class, when calling it with no
+arguments rebuilds it), else only the class's name (``load_run`` then needs ``arch=``).
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ from torch import nn
 from ..arch.grammar import GrammarNet, describe
 from ..arch.zoo import build, is_zoo_name
 from ..errors import InputError, expect
+from ..models.factory import absolute_ref, call, call_factory, factory_ref_of, is_factory_ref, ref_of_callable
 from .checkpoint import stale_manifest
+from .sources import instance_record
 from .runs import MANIFEST, WEIGHTS, Run
 from .session import Session, as_run, fingerprint, plain_json, resume, run_folder, save_epoch, write_outputs
 
@@ -62,15 +70,19 @@ def photos_demo(*, out: str | Path, **overrides) -> Run:
     return train(**{**PHOTOS_RECIPE, **overrides}, out=out)
 
 
-def train(arch: str | GrammarNet, data, *, out: str | Path, test_data=None, epochs: int = 10, batch_size: int = 64,
-          optimizer: str = "adam", lr: float = 2e-3, momentum: float = 0.9, weight_decay: float = 5e-4,
-          schedule: str = "cosine", augment: bool = True, seed: int = 0, num_workers: int = 0,
-          device: str | torch.device | None = None, overwrite: bool = False, progress: bool = True,
-          callback: Callable[[dict], None] | None = None) -> Run:
+def train(arch: str | nn.Module | Callable[[], nn.Module], data, *, out: str | Path, test_data=None,
+          epochs: int = 10, batch_size: int = 64, optimizer: str = "adam", lr: float = 2e-3, momentum: float = 0.9,
+          weight_decay: float = 5e-4, schedule: str = "cosine", augment: bool = True, seed: int = 0,
+          num_workers: int = 0, device: str | torch.device | None = None, overwrite: bool = False,
+          progress: bool = True, callback: Callable[[dict], None] | None = None) -> Run:
     """Train ``arch`` on ``data`` into the run directory ``out`` and return the ``Run``.
 
     ``arch``: a zoo name or grammar spec (input shape and class count come from the data; write the
-    last FC without a width), or a ``GrammarNet`` to start from. ``data``: a dataset name or path
+    last FC without a width), a ``GrammarNet`` to start from, or your own network: a factory reference
+    ``path/to/file.py:make`` or ``package.module:make``, a callable returning an ``nn.Module`` (called
+    under the seeded RNG), or an ``nn.Module`` (trained in place, from its current weights). Your network
+    takes normalized (N, C, H, W) images and returns (N, K) class scores before the softmax; one forward of
+    a batch of one checks that against the data before anything is written. ``data``: a dataset name or path
     (then ``test_data`` defaults to its test split), such a name with ``datasets.load`` options as
     ``{"name": "photos", "size": 48, "n": 13000}`` (the test split gets the same options but ``n``),
     or an ImageDataset; ``test_data=False`` skips the per-epoch test metrics. Re-running with the
@@ -85,12 +97,12 @@ def train(arch: str | GrammarNet, data, *, out: str | Path, test_data=None, epoc
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise expect("num_workers", "an int >= 0", num_workers)
     train_ds, test_ds = _resolve_data(data, test_data)
-    with run_folder(Path(out), overwrite=overwrite) as out:
-        mean, std = _dataset_stats(train_ds, num_workers)
-        dev = torch.device(device) if device is not None else _default_device(arch)
-        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-            torch.manual_seed(seed)
-            net, arch_info = _build(arch, train_ds)
+    dev = torch.device(device) if device is not None else _default_device(arch)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        net, arch_info = _build(arch, train_ds)  # checked against the data before the out folder exists
+        with run_folder(Path(out), overwrite=overwrite) as out:
+            mean, std = _dataset_stats(train_ds, num_workers)
             net.to(dev)
             settings = plain_json({"arch": arch_info, "data": fingerprint(train_ds, mean, std), "hyper": hyper})
             opt = _optimizer(net, hyper)
@@ -334,23 +346,81 @@ def _default_device(arch) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _build(arch, ds) -> tuple[GrammarNet, dict]:
+def _build(arch, ds) -> tuple[nn.Module, dict]:
+    """(the net, the manifest's ``arch`` entry): how to rebuild it, the input shape, class count and dtype."""
     shape, k = tuple(ds.input_shape), len(ds.class_names)
+    if isinstance(arch, str) and arch.strip().endswith(".py"):
+        raise expect("arch", f"a file with its factory, {arch.strip()}:make (a function or class returning an "
+                             "nn.Module)", arch)
+    if isinstance(arch, GrammarNet) or (isinstance(arch, str) and not is_factory_ref(arch)):
+        return _build_grammar(arch, shape, k)
+    if isinstance(arch, str):
+        net, source = call_factory(arch), {"kind": "factory", "ref": absolute_ref(arch)}
+    elif isinstance(arch, nn.Module):
+        net = arch
+        source = instance_record(net)
+    elif callable(arch):
+        net = _called(arch)
+        source = instance_record(net, factory_ref_of(net) if isinstance(arch, type) else ref_of_callable(arch), guess=False)
+    else:
+        raise expect("arch", "a zoo name, a grammar spec, a factory reference (path/to/file.py:factory or "
+                             "package.module:factory), a callable returning an nn.Module, or an nn.Module",
+                     type(arch).__name__)
+    _check_module(net, shape, k)
+    return net, {"source": source, "name": None, "spec": None, "input_shape": list(shape), "num_classes": k,
+                 "dtype": _dtype(net)}
+
+
+def _build_grammar(arch, shape: tuple, k: int) -> tuple[GrammarNet, dict]:
     name = None
     if isinstance(arch, GrammarNet):
         net = arch
-    elif isinstance(arch, str):
+    else:
         name = arch.lower() if is_zoo_name(arch) else None
         net = build(arch, num_classes=k, input_shape=shape)
-    else:
-        raise expect("arch", "a zoo name, a grammar spec or a GrammarNet", type(arch).__name__)
     if tuple(net.input_shape) != shape or net.num_classes != k:
         raise InputError(f"arch must take the data's {shape} images and end in {k} scores; got input_shape "
                          f"{tuple(net.input_shape)} and {net.num_classes} outputs (write the last FC without a width)")
-    dtype = str(next(net.parameters()).dtype).removeprefix("torch.")
     info = {"name": name, "spec": describe(net), "naming": net.naming, "layout": net.layout,
-            "input_shape": list(shape), "num_classes": k, "dtype": dtype}
+            "input_shape": list(shape), "num_classes": k, "dtype": _dtype(net)}
     return net, info
+
+
+def _dtype(net: nn.Module) -> str:
+    return str(next(net.parameters()).dtype).removeprefix("torch.")
+
+
+def _called(factory) -> nn.Module:
+    return call(factory, "arch", getattr(factory, "__name__", type(factory).__name__))
+
+
+def _check_module(net: nn.Module, shape: tuple, k: int) -> None:
+    """One forward of a batch of one (eval mode, no gradient, every module's mode restored): the net must
+    take the data's (C, H, W) images and return (1, k) class scores. InputError naming its class otherwise."""
+    name = type(net).__name__
+    p = next(net.parameters(), None)
+    if p is None or not p.is_floating_point():
+        raise InputError(f"arch must have floating-point parameters to train; {name} has "
+                         f"{'none' if p is None else p.dtype}")
+    modes = [m.training for m in net.modules()]
+    x = torch.zeros(1, *shape, device=p.device, dtype=p.dtype)  # (1, C, H, W): the mean image, normalized
+    try:
+        net.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[p.device.index or 0] if p.device.type == "cuda" else []):
+            scores = net(x)
+    except Exception as err:
+        raise InputError(f"{name} must take the data's {shape} images (a batch of shape {tuple(x.shape)}); its "
+                         f"forward raised {type(err).__name__}: {err}") from None
+    finally:
+        for m, mode in zip(net.modules(), modes):
+            m.training = mode
+    got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or scores.shape[0] != 1:
+        raise InputError(f"{name} must return class scores of shape (N, {k}) for the data's {k} classes; "
+                         f"got {got} for a batch of one")
+    if scores.shape[1] != k:
+        raise InputError(f"{name} ends in {scores.shape[1]} scores; the data has {k} classes "
+                         f"(its last layer must have {k} outputs)")
 
 
 def _optimizer(net: nn.Module, h: dict) -> torch.optim.Optimizer:

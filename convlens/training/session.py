@@ -4,7 +4,8 @@ The folder is made ready (a folder the call creates is removed again if it stops
 epoch is saved), a run left by an earlier call with the same settings is resumed from its
 checkpoint, and each finished epoch is saved: checkpoint first (the truth for resuming), then the
 weights, then the manifest, each file written atomically. The settings a resume must match are the
-architecture, the training data's fingerprint and the hyper-parameters.
+architecture (for your own module: its factory reference, or its class), the training data's fingerprint
+and the hyper-parameters.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arch.grammar import GrammarNet
 from ..errors import RunError
+from ..models.weights import load_weights
 from .checkpoint import differences, load_checkpoint, prepare_out, save_checkpoint, save_tensors, write_json
 from .runs import CHECKPOINT, MANIFEST, RUN_FORMAT, WEIGHTS, Run
 
@@ -32,7 +33,7 @@ class Session:
     """Everything one call of ``train`` works with."""
 
     out: Path
-    net: GrammarNet
+    net: nn.Module  # a GrammarNet or any module (arch_info["source"] says how to rebuild it)
     opt: torch.optim.Optimizer
     arch_info: dict
     settings: dict  # what must match to resume: arch, data fingerprint, hyper-parameters
@@ -83,7 +84,7 @@ def resume(out: Path, settings: dict, net: nn.Module, opt) -> tuple[list[dict], 
     if diffs:
         raise RunError(f"{out}: holds a run trained with different settings ({'; '.join(diffs[:5])}); pass "
                        "overwrite=True (CLI --overwrite) to start over, or choose another out")
-    net.load_state_dict(model_state)
+    load_weights(net, model_state, source=out / CHECKPOINT)
     opt.load_state_dict(optim_state)
     return list(info["history"]), int(info["epochs_done"])
 

@@ -168,3 +168,55 @@ def test_cli_bad_input_exits_2_with_a_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as ex:
         main(["train", "--out", str(tmp_path / "r"), "--epochs", "0", "--quiet"])
     assert ex.value.code == 2 and "epochs must be a positive int" in capsys.readouterr().err
+
+
+def _class_folder(root, classes=5, per_class=10):
+    """``classes`` x ``per_class`` small PNGs, one flat colour per class (plus noise)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((8, 8, 3), 50 * c, np.uint8) + rng.integers(0, 30, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_cli_evaluate_folder_says_its_split_and_scores_all_with_split_all(tmp_path, capsys):
+    folder = _class_folder(tmp_path / "myfolder")
+    files = sorted(folder.glob("*/*.png"))
+    assert len(files) == 50
+    out = tmp_path / "run"
+    train("CONV3-4-RELU-POOL2,FC", str(folder), out=out, epochs=1, batch_size=10, progress=False, device="cpu")
+
+    main(["evaluate", str(out), "--data", str(folder)])
+    text = capsys.readouterr().out
+    first = text.splitlines()[0]
+    assert "held-out test split" in first and "of the folder's 50 images" in first and ": 10 images" in first
+    assert "--split all" in text
+
+    main(["evaluate", str(out), "--data", str(folder), "--split", "all", "--json"])
+    d = json.loads(capsys.readouterr().out)
+    assert d["n"] == len(files) == 50 and d["split"] == "all images, split 'all'"
+    assert sum(sum(row) for row in d["confusion"]) == 50
+    main(["evaluate", str(out), "--data", str(folder), "--split", "train", "--json"])
+    assert json.loads(capsys.readouterr().out)["n"] == 40
+    main(["evaluate", str(out), "--split", "all", "--json"])  # no --data: the run's own folder
+    assert json.loads(capsys.readouterr().out)["n"] == 50
+
+    readme = folder / "c2" / "README.txt"
+    readme.write_text("how these images were made")
+    with pytest.raises(SystemExit) as ex:
+        main(["evaluate", str(out), "--data", str(folder), "--split", "all"])
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and str(readme) in err and "--on-error skip" in err
+    with pytest.warns(UserWarning, match="README.txt"):
+        main(["evaluate", str(out), "--data", str(folder), "--split", "all", "--on-error", "skip", "--json"])
+    assert json.loads(capsys.readouterr().out)["n"] == 50
+
+
+def test_split_of_given_images_is_refused():
+    with pytest.raises(InputError, match="split must be 'test'"):
+        evaluate(Lookup(torch.eye(2)), (indexed_images(2), torch.tensor([0, 1])), split="all", class_names=["a", "b"])

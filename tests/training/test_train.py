@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 import torch
+
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 import convlens
+from conftest import assert_same_weights, run_weights as weights
 from convlens.data.dataset import ImageDataset
 from convlens.errors import InputError, RunError
 from convlens.training import checkpoint
@@ -36,16 +36,6 @@ def data():
 def fit(data, out, **kw):
     options = dict(test_data=data[1], epochs=3, batch_size=16, optimizer="sgd", lr=0.05, progress=False, device="cpu")
     return train(SPEC, data[0], out=out, **{**options, **kw})
-
-
-def weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(run_dir, "weights.safetensors"))
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_same_seed_gives_identical_weights_and_rng_is_left_alone(data, tmp_path):
