@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, ShapeError, expect
+from .layers import model_label
 from .taps import model_device
 
 __all__ = ["as_images", "forward_errors"]
@@ -115,5 +116,5 @@ def forward_errors(model: nn.Module, x: torch.Tensor):
         source = _expected_channels(model)[1]
         expected = f" (expected: {source})" if source else ""
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ShapeError(f"the model ({type(model).__name__}) failed on input of shape {tuple(x.shape)}{expected}: "
+        raise ShapeError(f"the model ({model_label(model)}) failed on input of shape {tuple(x.shape)}{expected}: "
                          f"{first}") from err

@@ -14,7 +14,10 @@ Guarantees (DESIGN.md, "leave the model as found"):
 
 - names are lecture names (``conv3``) or ``named_modules()`` paths, resolved by
   ``convlens.layers.resolve`` *before* any hook is set (unknown name -> LayerNotFoundError with
-  suggestions);
+  suggestions). For a run's PixelModel these are the user's net's own names (``layer2``; the
+  ``net.layer2`` form works too), and ``acts.paths`` gives each layer's path as the user writes it;
+- ``model`` may be a ``Run``: its pixel model is tapped (normalization, then the net), so the images
+  fed to ``acts.forward`` are in [0, 1], as for every method given a run;
 - the recorded value is the layer's true output: it is copied inside the hook, before a following
   in-place op (``nn.ReLU(inplace=True)``, ``x.relu_()``) can overwrite it. Gradients come from a
   tensor hook on the output itself, which PyTorch fires with the gradient w.r.t. the value *before*
@@ -55,10 +58,19 @@ import torch
 from torch import nn
 
 from .errors import InputError, expect
-from .layers import resolve
+from .layers import is_run, resolve, user_path
 
-__all__ = ["capture", "Activations", "activations", "BatchSource", "eval_mode", "model_device", "scripted_path",
-           "resolve_hookable", "torchscript_error", "no_layer_error"]
+__all__ = ["capture", "Activations", "activations", "as_module", "BatchSource", "eval_mode", "model_device",
+           "scripted_path", "resolve_hookable", "torchscript_error", "no_layer_error"]
+
+
+def as_module(model_or_run) -> nn.Module:
+    """The module to hook and feed: a Run's pixel model (images in [0, 1]), an nn.Module as it is."""
+    if is_run(model_or_run):
+        return model_or_run.pixel_model()
+    if not isinstance(model_or_run, nn.Module):
+        raise expect("model", "a torch.nn.Module or a Run", type(model_or_run).__name__)
+    return model_or_run
 
 
 class _StopForward(Exception):
@@ -69,8 +81,9 @@ class Activations(dict):
     """Name -> recorded output (a tensor, or a list of tensors with ``calls="all"``).
 
     ``grads`` maps the same names to gradients (filled by ``.backward()`` when ``grads=True``);
-    ``paths`` maps each requested name to its module path. A name whose layer did not run raises
-    KeyError naming it.
+    ``paths`` maps each requested name to its module path as the user writes it (without a run's
+    ``net.`` prefix). ``model`` is the module the hooks are on (a Run's pixel model). A name whose layer
+    did not run raises KeyError naming it.
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], paths: dict[str, str]):
@@ -129,14 +142,14 @@ def _copy(value, transform):
 class capture:  # noqa: N801 - used like a function: ``with capture(model, layers) as acts``
     """Record the outputs (and optionally gradients) of named layers; see the module docstring.
 
-    ``capture(model, layers, *, grads=False, calls="last", stop_at_last=False, transform=None)``
+    ``capture(model_or_run, layers, *, grads=False, calls="last", stop_at_last=False, transform=None)``;
+    a Run is tapped through its pixel model (feed it images in [0, 1]).
     """
 
     def __init__(self, model: nn.Module, layers: str | Iterable[str], *, grads: bool = False,
                  calls: str = "last", stop_at_last: bool = False,
                  transform: Callable[[torch.Tensor], torch.Tensor] | dict[str, Callable] | None = None):
-        if not isinstance(model, nn.Module):
-            raise expect("model", "a torch.nn.Module", type(model).__name__)
+        model = as_module(model)
         if calls not in ("last", "all"):
             raise expect("calls", "'last' or 'all'", calls)
         if stop_at_last and grads:
@@ -147,7 +160,8 @@ class capture:  # noqa: N801 - used like a function: ``with capture(model, layer
         self.modules = {}
         paths = {}
         for name in names:  # resolve everything before any hook is set
-            paths[name], self.modules[name] = resolve_hookable(model, name)
+            path, self.modules[name] = resolve_hookable(model, name)
+            paths[name] = user_path(model, path)
         self.grads, self.calls, self.stop_at_last, self.transform = bool(grads), calls, bool(stop_at_last), transform
         self.acts = Activations(model, names, paths)
         self._handles: list = []
@@ -240,7 +254,8 @@ class capture:  # noqa: N801 - used like a function: ``with capture(model, layer
 
 def activations(model: nn.Module, x: torch.Tensor, layers: str | Iterable[str], *,
                 stop_at_last: bool = True, calls: str = "last") -> Activations:
-    """One forward of ``x`` through ``model``, returning the named layers' outputs (no grad)."""
+    """One forward of ``x`` through ``model`` (a Run: its pixel model, ``x`` in [0, 1]), returning the
+    named layers' outputs (no grad)."""
     with torch.no_grad(), capture(model, layers, stop_at_last=stop_at_last, calls=calls) as acts:
         acts.forward(x)
     return acts
@@ -250,6 +265,7 @@ def activations(model: nn.Module, x: torch.Tensor, layers: str | Iterable[str], 
 
 def scripted_path(model: nn.Module) -> str | None:
     """The path of the first TorchScript module in ``model`` ('' for the model itself), or None."""
+    model = as_module(model)
     return next((path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
 
 
@@ -280,13 +296,15 @@ def torchscript_error(path: str, why: str) -> InputError:
 
 def model_device(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where inputs go: the device and floating dtype of the model's first float tensor (CPU float32)."""
+    model = as_module(model)
     ref = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
     return (ref.device, ref.dtype) if ref is not None else (torch.device("cpu"), torch.float32)
 
 
 @contextmanager
 def eval_mode(model: nn.Module):
-    """Eval mode inside the block; every module's own mode restored after."""
+    """Eval mode inside the block; every module's own mode restored after (a Run: its pixel model's)."""
+    model = as_module(model)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:

@@ -220,3 +220,26 @@ def test_torchscript_layers_get_a_clear_error(tiny_resnet):
     with pytest.raises(InputError, match="TorchScript has no forward hooks"):
         with capture(scripted, ["layer1"]):
             pass
+
+
+def test_a_run_is_tapped_through_its_pixel_model(small_run):
+    from conftest import assert_as_found, model_state
+
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))  # pixels in [0, 1]
+    state = model_state(small_run.model)
+    with torch.no_grad(), capture(small_run, ["conv2", "features.relu1"]) as acts:
+        acts.forward(x)
+    assert_as_found(small_run.model, state)
+    with torch.no_grad():  # the oracle: the net's own prefix on normalized pixels
+        h = small_run.preprocess(x)
+        for name, module in small_run.model.features.named_children():
+            h = module(h)
+            if name == "relu1":
+                relu1 = h.clone()
+            if name == "conv2":
+                break
+    torch.testing.assert_close(acts["features.relu1"], relu1)
+    torch.testing.assert_close(acts["conv2"], h)
+    assert acts.paths == {"conv2": "features.conv2", "features.relu1": "features.relu1"}
+    with pytest.raises(InputError, match="model must be a torch.nn.Module or a Run"):
+        capture(object(), ["conv1"])

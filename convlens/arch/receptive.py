@@ -47,21 +47,20 @@ def receptive_field(model: nn.Module | str, layer: str, unit_position: tuple[int
                     input_size: tuple[int, int, int] | None = None, *, method: str = "probe") -> Box:
     """The input box that unit ``(row, col)`` of ``layer``'s output map sees, clipped to the image.
 
-    ``layer`` is a lecture name or module path (``"conv5_3"``, ``"features.28"``), or the class name of a
-    bare layer (``"Conv2d"``); append ``" (2)"`` for the second call of a module called twice.
-    ``input_size`` (C, H, W) defaults to the model's.
+    ``model``: an ``nn.Module``, a zoo name or grammar spec, or a ``Run`` (its net, at the run's input
+    shape: the normalization in front changes no receptive field). ``layer`` is a lecture name or module
+    path (``"conv5_3"``, ``"features.28"``), or the class name of a bare layer (``"Conv2d"``); append
+    ``" (2)"`` for the second call of a module called twice. ``input_size`` (C, H, W) defaults to the
+    run's or the model's.
     """
-    from .summary import _check_size, _resolve_model, summary
+    from .summary import _check_size, _model_and_size, summary
 
     if method not in METHODS:
         raise expect("method", f"one of {METHODS}", method)
     if input_size is not None:
         input_size = _check_size(input_size)
-    model, _ = _resolve_model(model, input_size)
-    if input_size is None:
-        if getattr(model, "input_shape", None) is None:
-            raise InputError(f"input_size is required for a {type(model).__name__}: pass (C, H, W)")
-        input_size = _check_size(model.input_shape)
+    model, _, input_size = _model_and_size(model, input_size,
+                                           "e.g. receptive_field(model, layer, (0, 0), (3, 224, 224))")
     m = re.fullmatch(r"(.*) \((\d+)\)", str(layer))
     name, call = (m.group(1), int(m.group(2))) if m else (str(layer), 1)
     if name == type(model).__name__ and next(model.children(), None) is None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import InputError, expect
 from ..io import atomic_write_text
-from ..layers import display_names
+from ..layers import display_names, is_run, model_label
 from .geometry import Axis, Geometry
 from .grammar import check_input_shape
 from .tracing import Call, trace
@@ -218,9 +218,11 @@ class Summary:
 
 def summary(model: nn.Module | str, input_size: tuple[int, int, int] | None = None, *, batch_size: int = 1,
             dtype: torch.dtype | None = None) -> Summary:
-    """Summarize ``model`` (an ``nn.Module``, a zoo name such as ``"vgg16"``, or a grammar spec).
+    """Summarize ``model`` (an ``nn.Module``, a ``Run``, a zoo name such as ``"vgg16"``, or a grammar spec).
 
-    ``input_size`` is (C, H, W); it defaults to the model's ``input_shape`` (grammar and zoo models).
+    A Run is summarized as its net (``run.model``, the layers as you wrote them, without the
+    normalization in front) at the run's input shape. ``input_size`` is (C, H, W); it defaults to the
+    run's or the model's ``input_shape`` (grammar and zoo models).
     ``dtype`` (default: the model's floating dtype) sets the bytes per value. Nothing is allocated
     beyond meta tensors, except for a forward that runs only on real tensors: then one real forward of
     a batch of one runs instead, and ``note`` says so. The model is left as found (mode, hooks,
@@ -230,15 +232,10 @@ def summary(model: nn.Module | str, input_size: tuple[int, int, int] | None = No
         input_size = _check_size(input_size)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise expect("batch_size", "a positive int", batch_size)
-    model, label = _resolve_model(model, input_size)
-    if input_size is None:
-        if getattr(model, "input_shape", None) is None:
-            raise InputError(f"input_size is required for a {type(model).__name__}: pass (C, H, W), "
-                             "e.g. summary(model, (3, 224, 224))")
-        input_size = _check_size(model.input_shape)
+    model, label, input_size = _model_and_size(model, input_size, "e.g. summary(model, (3, 224, 224))")
     dtype = _dtype(model, dtype)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        raise InputError(f"{type(model).__name__} has uninitialized (lazy) parameters; run one forward pass first")
+        raise InputError(f"{label} has uninitialized (lazy) parameters; run one forward pass first")
     traced = trace(model, input_size, batch_size=batch_size, dtype=dtype)
     return Summary(label, input_size, batch_size, str(dtype).replace("torch.", ""), dtype.itemsize,
                    tuple(_rows(model, traced.input, traced.calls, dtype.itemsize)), *_totals(model), traced.note)
@@ -306,13 +303,29 @@ def _hwc(t: torch.Tensor | None) -> tuple[int, int, int]:
     return spatial[-2], spatial[-1], c * prod(spatial[:-2])  # extra leading dims (e.g. depth) fold into C
 
 
+def _model_and_size(model, input_size, example: str) -> tuple[nn.Module, str, tuple[int, int, int]]:
+    """(the module to trace, its label, the input size (C, H, W)) of a model, a Run, a zoo name or a spec;
+    ``input_size`` None: the run's or the model's ``input_shape``."""
+    shape = model.input_shape if is_run(model) else None
+    module, label = _resolve_model(model, input_size)
+    if input_size is None:
+        shape = shape if shape is not None else getattr(module, "input_shape", None)
+        if shape is None:
+            raise InputError(f"input_size is required for a {label}: pass (C, H, W), {example}")
+        input_size = _check_size(shape)
+    return module, label, input_size
+
+
 def _resolve_model(model, input_size) -> tuple[nn.Module, str]:
     from . import zoo
 
+    if is_run(model):
+        model = model.model  # a Run: its net, as the user wrote it
     if isinstance(model, nn.Module):
-        return model, type(model).__name__
+        return model, model_label(model)
     if not isinstance(model, str):
-        raise expect("model", "an nn.Module, a zoo name such as 'vgg16' or a grammar spec", type(model).__name__)
+        raise expect("model", "an nn.Module, a Run, a zoo name such as 'vgg16' or a grammar spec",
+                     type(model).__name__)
     with torch.device("meta"):  # parameters without storage: a summary of VGG-16 allocates nothing
         return zoo.build(model, input_shape=input_size), model.lower() if zoo.is_zoo_name(model) else model
 

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from ..errors import ConvLensError, ShapeError
+from ..layers import model_label
 from ..taps import model_device, scripted_path, torchscript_error
 from .geometry import Axis, Geometry, union, whole
 
@@ -199,7 +200,7 @@ def _failure(model: nn.Module, stack, x: torch.Tensor, err: Exception) -> _Faile
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     inner = [(p, m, ins) for p, m, ins in stack if p]
     if not inner:
-        return _Failed(f"the forward of {type(model).__name__}", tuple(x.shape), message)
+        return _Failed(f"the forward of {model_label(model)}", tuple(x.shape), message)
     path, module, inputs = inner[-1]
     name = display_names(model).get(path, path)
     return _Failed(f"layer {name} ({type(module).__name__})", tuple(inputs[0].shape) if inputs else "()", message)

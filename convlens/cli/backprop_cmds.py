@@ -16,7 +16,7 @@ import typer
 from ..errors import InputError
 from ..results import saving
 from .app import app
-from .options import given_options
+from .options import given_options, require_run_dir
 from .output import echo_saved
 
 METHODS = ("saliency", "deconvnet", "guided")
@@ -106,8 +106,7 @@ def saliency_cmd(
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
     loaded = load_run(run)
-    if loaded.dir is None:
-        raise InputError(f"RUN must be a run directory (results are saved inside it); got {run}")
+    require_run_dir(loaded, run)
     chosen = int(target) if target is not None and target.lstrip("-").isdigit() else target
     result, saved, figure = run_saliency(loaded, options=given_options(ctx, "saliency"), method=method, figure=out,
                                          image=image, indices=index, target=chosen, n=n)

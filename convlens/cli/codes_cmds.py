@@ -20,7 +20,7 @@ import typer
 from ..errors import InputError
 from ..results import ResultStore, saving
 from .app import app
-from .options import given_options
+from .options import ON_ERROR, SPLIT, data_key, given_options, load_data
 from .output import echo_saved, show_progress
 
 AGREEMENT, NEIGHBORS, TSNE = "codes-agreement", "codes-neighbors", "codes-tsne"
@@ -29,12 +29,13 @@ AGREEMENT, NEIGHBORS, TSNE = "codes-agreement", "codes-neighbors", "codes-tsne"
 # ---- shared steps (also used by demo_codes) -----------------------------------------------------------------
 
 def cached_codes(run, *, layer: str | None = None, pool: str | None = None, data: str | None = None,
-                 out: Path | None = None, progress: bool = True):
-    """convlens.codes of the run, cached in ``out`` or else in :func:`cache_dir`."""
+                 split: str = "test", on_error: str = "raise", out: Path | None = None, progress: bool = True):
+    """convlens.codes of the run's images (``data``, ``split``, ``on_error`` as the commands take them),
+    cached in ``out`` or else in :func:`cache_dir`."""
     from ..codespace.codes import codes
 
-    folder = Path(out) if out is not None else cache_dir(run, layer, pool, data)
-    return codes(run, data, layer, pool=pool, out=folder, progress=progress)
+    folder = Path(out) if out is not None else cache_dir(run, layer, pool, data_key(data, split, on_error))
+    return codes(run, load_data(run, data, split, on_error), layer, pool=pool, out=folder, progress=progress)
 
 
 def cache_dir(run, layer, pool, data, *, force: bool = False) -> Path | None:
@@ -114,7 +115,7 @@ def _neighbors(run, code, rows, image, k: int, metric: str, n_queries: int, thum
     return nb, pn, qlabels, meta, arrays
 
 
-def save_tsne(run, code, *, options: dict | None = None, n: int = 5000, perplexity: float = 30.0, seed: int = 0,
+def save_tsne(run, code, *, options: dict | None = None, n: int = 5000, perplexity: float | None = None, seed: int = 0,
               grid: str = "auto", thumb: int = 32, n_jobs: int = 1, projector: Path | None = None):
     """t-SNE of (a seeded subset of n of) the codes, its grid, optional projector export, saved as the default
     result (or beside it with ``options``, the command's). Returns (TSNEResult, TSNEGrid or None,
@@ -189,7 +190,7 @@ _DATA = typer.Option(None, "--data", help="Dataset name or path (default: the ru
 
 @app.command("codes")
 def codes_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL,
-              data: Optional[str] = _DATA,
+              data: Optional[str] = _DATA, split: str = SPLIT, on_error: str = ON_ERROR,
               out: Optional[Path] = typer.Option(None, "--out", help="Cache folder (default: RUN/codes/...)."),
               k: int = typer.Option(5, "--k", help="Neighbours for the label agreement per layer."),
               metric: str = typer.Option("cosine", "--metric", help="cosine or l2."),
@@ -203,8 +204,9 @@ def codes_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYE
     from ..codespace.code_agreement import agreement_by_layer
 
     loaded = load_run(run)
-    folder = out or cache_dir(loaded, layer, pool, data, force=force)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, out=folder, progress=show_progress(quiet))
+    folder = out or cache_dir(loaded, layer, pool, data_key(data, split, on_error), force=force)
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, split=split, on_error=on_error, out=folder,
+                        progress=show_progress(quiet))
     saved = [f"{folder} (the codes)"] if folder else []
     result = None
     if agreement:
@@ -229,6 +231,7 @@ def neighbors_cmd(ctx: typer.Context, run: Path = _RUN,
                   queries: int = typer.Option(6, "--queries", help="Without IMAGE/--index: one query per class, "
                                                                    "this many."),
                   layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL, data: Optional[str] = _DATA,
+                  split: str = SPLIT, on_error: str = ON_ERROR,
                   png: Optional[Path] = typer.Option(None, "--png", help="Also write the figure here."),
                   as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
                   quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
@@ -238,7 +241,8 @@ def neighbors_cmd(ctx: typer.Context, run: Path = _RUN,
     if image is not None and index:
         raise InputError("give IMAGE or --index, not both; got both")
     loaded = load_run(run)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=show_progress(quiet))
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, split=split, on_error=on_error,
+                        progress=show_progress(quiet))
     nb, pn, qlabels, path = save_neighbors(loaded, code, options=given_options(ctx, NEIGHBORS), rows=index,
                                            image=image, k=k, metric=metric, n_queries=queries)
     if png is not None:
@@ -286,9 +290,10 @@ def _image_for(code, path):
 
 @app.command("tsne")
 def tsne_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYER, pool: Optional[str] = _POOL,
-             data: Optional[str] = _DATA,
+             data: Optional[str] = _DATA, split: str = SPLIT, on_error: str = ON_ERROR,
              n: int = typer.Option(5000, "--n", help="Codes to embed (a seeded random subset when there are more)."),
-             perplexity: float = typer.Option(30.0, "--perplexity", help="t-SNE perplexity (below n / 3)."),
+             perplexity: Optional[float] = typer.Option(None, "--perplexity", help="t-SNE perplexity, below n / 3 "
+                                                        "(default 30, or just below n / 3 for fewer than 91 images)."),
              seed: int = typer.Option(0, "--seed", help="Seed of the subset, PCA and t-SNE."),
              grid: str = typer.Option("auto", "--grid", help="ROWSxCOLS grid mosaic, auto (a square grid of up to "
                                                              "4,096 images) or none."),
@@ -302,7 +307,8 @@ def tsne_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYER
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, progress=show_progress(quiet))
+    code = cached_codes(loaded, layer=layer, pool=pool, data=data, split=split, on_error=on_error,
+                        progress=show_progress(quiet))
     result, cells, exported, path = save_tsne(loaded, code, options=given_options(ctx, TSNE), n=n,
                                               perplexity=perplexity, seed=seed, grid=grid, thumb=thumb,
                                               n_jobs=n_jobs, projector=projector)

@@ -13,7 +13,7 @@ import typer
 
 from ..results import saving
 from .app import app
-from .options import given_options
+from .options import ON_ERROR, SPLIT, given_options, load_data
 from .output import echo_saved, show_progress
 
 
@@ -27,17 +27,19 @@ def health_cmd(
     max_samples: int = typer.Option(1000, "--max-samples", help="Images measured, spread evenly over the data."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    split: str = SPLIT,
+    on_error: str = ON_ERROR,
 ) -> None:
     """Sparsity, dead units, variance and correlation per layer: is training healthy? (exit 0 either way)"""
     from ..insight.health import health
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    dataset = None
-    if data is not None:
+    dataset = load_data(loaded, data, split, on_error)
+    if isinstance(dataset, str):
         from .. import datasets
 
-        dataset = datasets.load(data, split="test")
+        dataset = datasets.load(dataset, split="test")
     names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
     with saving(loaded, "health", given_options(ctx, "health")) as saver:
         result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=show_progress(quiet))

@@ -16,7 +16,7 @@ import typer
 from ..errors import InputError, expect
 from ..results import saving
 from .app import app
-from .options import given_options
+from .options import ON_ERROR, SPLIT, given_options, load_data
 from .output import echo_saved
 
 
@@ -46,6 +46,8 @@ def invariance_cmd(
     fill: str = typer.Option("border", "--fill", help="Resampling fill for non-shapes data: border, zeros, "
                                                       "reflection."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+    split: str = SPLIT,
+    on_error: str = ON_ERROR,
 ) -> None:
     """Feature distance per layer, P(true class), prediction vs translation/scale/rotation (Zeiler & Fergus Fig. 5)."""
     from ..insight.invariance import TRANSFORMS, invariance
@@ -53,13 +55,14 @@ def invariance_cmd(
 
     chosen = list(TRANSFORMS) if transform == "all" else [transform]
     loaded = load_run(run)
+    images = load_data(loaded, data, split, on_error)
     names = None if layers is None else [s.strip() for s in layers.split(",") if s.strip()]
     out, saved = [], []
     for t in chosen:
         if t not in TRANSFORMS:
             raise expect("--transform", ", ".join(TRANSFORMS) + " or all", t)
         with saving(loaded, f"invariance-{t}", given_options(ctx, f"invariance-{t}")) as saver:
-            result = invariance(loaded, data, transform=t, amounts=_floats(amounts, "--amounts"), layers=names,
+            result = invariance(loaded, images, transform=t, amounts=_floats(amounts, "--amounts"), layers=names,
                                 n_images=n, fill=fill)
             saved.append(saver.save(result))
         out.append(result)

@@ -15,7 +15,7 @@ import typer
 from ..errors import InputError
 from ..results import saving
 from .app import app
-from .options import given_options
+from .options import ON_ERROR, given_options, load_data
 from .output import echo_saved, show_progress
 
 
@@ -48,16 +48,23 @@ def probe_cmd(
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    on_error: str = ON_ERROR,
 ) -> None:
-    """Linear SVM / softmax probes on each layer's features (Zeiler & Fergus 2014, the lecture's table)."""
+    """Linear SVM / softmax probes on each layer's features (Zeiler & Fergus 2014, the lecture's table).
+
+    Training splits come from the train split of --data, tested on its test split (no --split: a probe
+    needs both)."""
     from ..insight.probes import probe
     from ..training.runs import load_run
 
     loaded = load_run(run)
+    pool_data, test_data = data, None
+    if on_error != "raise":  # both splits loaded here, skipping unreadable files
+        pool_data, test_data = (load_data(loaded, data, s, on_error) for s in ("train", "test"))
     with saving(loaded, "probe", given_options(ctx, "probe")) as saver:
-        result = probe(loaded, data, layers=_names(layers), per_class=_ints(per_class, "--per-class"),
-                       repeats=repeats, classifiers=_names(classifiers), pool=pool, seed=seed,
-                       progress=show_progress(quiet))
+        result = probe(loaded, pool_data, test_data=test_data, layers=_names(layers),
+                       per_class=_ints(per_class, "--per-class"), repeats=repeats, classifiers=_names(classifiers),
+                       pool=pool, seed=seed, progress=show_progress(quiet))
         saved = saver.save(result)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
     if saved is not None:

@@ -113,8 +113,8 @@ def occlusion_cmd(
     window: int = typer.Option(16, "--window", help="Side of the occluding square (pixels)."),
     stride: int = typer.Option(4, "--stride", help="Pixels between positions."),
     baseline: float = typer.Option(0.5, "--baseline", help="Value of the square, in [0, 1] pixel units (0.5: grey)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Feature-map layer (default: the last conv's output "
-                                                              "after its ReLU)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Feature-map layer (default: a grammar net's last conv "
+                                                              "after its ReLU, else the last Conv2d registered)."),
     unit: Optional[int] = typer.Option(None, "--unit", help="Channel of --layer (default: the strongest)."),
     approximate: bool = typer.Option(False, "--approximate", help="Krypton's approximate mode (faster; its error "
                                                                   "is verified on a sample covering the map and "

@@ -15,7 +15,7 @@ import typer
 from ..errors import InputError
 from ..results import saving
 from .app import app
-from .options import given_options
+from .options import ON_ERROR, SPLIT, given_options, load_data, require_run_dir
 from .output import echo_saved, show_progress
 
 RESULT = "top-patches"
@@ -48,17 +48,19 @@ def top_patches_cmd(
                                                            "after an interruption."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (with every array) instead of the table."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    split: str = SPLIT,
+    on_error: str = ON_ERROR,
 ) -> None:
     """For every unit, the k test images that activate it most, where, and the receptive-field box (Zeiler & Fergus's
     top-9 patches, R-CNN's top regions)."""
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    dataset = None
-    if data is not None:
+    dataset = load_data(loaded, data, split, on_error)
+    if isinstance(dataset, str):
         from .. import datasets
 
-        dataset = datasets.load(data, split="test")
+        dataset = datasets.load(dataset, split="test")
     names = [n.strip() for item in layer for n in item.split(",") if n.strip()] if layer else None
     result, saved = compute(loaded, dataset, names, options=given_options(ctx, RESULT), k=k,
                             units=_ints(units, "--units"), batch_size=batch_size, out=out,
@@ -86,7 +88,5 @@ def demo_patches(run) -> None:
     from ..training.runs import load_run
 
     loaded = load_run(run) if isinstance(run, (str, Path)) else run
-    if loaded.dir is None:
-        raise InputError("run must be a run directory (its results folder holds the top patches); got a run "
-                         "loaded from a single file")
+    require_run_dir(loaded, run if isinstance(run, (str, Path)) else loaded.path)
     compute(loaded)

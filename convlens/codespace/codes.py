@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, InputError, expect
+from ..layers import model_label
 from ..inputs import as_images
 from ..io import atomic_write_json, read_json
 
@@ -148,13 +149,13 @@ def code_layer(model: nn.Module, sample: torch.Tensor) -> tuple[str, str]:
     """(name shown, name to read) of the classifier's input for ``model`` (see the module docstring).
 
     ``sample``: (B, C, H, W) images as the model takes them (one or a few suffice)."""
-    from ..layers import display_names
+    from ..layers import display_names, user_path
     from ..taps import eval_mode, no_layer_error
 
     linears = {m: p for p, m in model.named_modules() if isinstance(m, nn.Linear) and p}
     if not linears:
         raise no_layer_error(model, "TorchScript has no forward hooks to find its CNN code with",
-                             f"layer must be given: this {type(model).__name__} has no nn.Linear classifier whose "
+                             f"layer must be given: this {model_label(model)} has no nn.Linear classifier whose "
                              "input would be the CNN code; got None")
     sizes = {m.in_features for m in linears}
     ran: list[tuple[str, torch.Tensor]] = []     # (path of the Linear, its input), in call order
@@ -183,12 +184,12 @@ def code_layer(model: nn.Module, sample: torch.Tensor) -> tuple[str, str]:
         for h in handles:
             h.remove()
     if not ran:
-        raise InputError(f"layer must be given: no nn.Linear of this {type(model).__name__} ran in its forward; "
+        raise InputError(f"layer must be given: no nn.Linear of this {model_label(model)} ran in its forward; "
                          "got None")
     fc_path, x = ran[-1]
     matches = [p for p, out in outputs if out.shape == x.shape and torch.equal(out, x)]
     if not matches:
-        return _shown(model, fc_path) + INPUT_SUFFIX, fc_path + INPUT_SUFFIX
+        return _shown(model, fc_path) + INPUT_SUFFIX, user_path(model, fc_path) + INPUT_SUFFIX
     groups = _groups(model)  # grammar conv/fc name -> its post-ReLU layer path
     for name, out_path in groups.items():
         if out_path in matches:
@@ -353,7 +354,7 @@ def _data(data, run):
 def _model_label(model, run) -> str:
     if run is not None:
         return (run.manifest.get("arch") or {}).get("name") or str(run.dir or "run")
-    return type(model).__name__
+    return model_label(model)
 
 
 def _data_label(data) -> str:

@@ -131,13 +131,14 @@ class TSNEResult:
         return cls.from_dict(read_json(path), read_npz(path.with_suffix(".npz")))
 
 
-def tsne(codes, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None = 50, n_iter: int = 200,
+def tsne(codes, *, perplexity: float | None = None, seed: int = 0, pca_dims: int | None = 50, n_iter: int = 200,
          early_exaggeration_iter: int = 250, n_jobs: int = 1, labels: Sequence[int] | None = None,
          class_names: Sequence[str] | None = None, negative_gradient_method: str = "auto") -> TSNEResult:
     """2-D t-SNE embedding of ``codes`` (a Codes, or an (N, D) array/tensor); see the module docstring.
 
     ``pca_dims``: PCA first to this many dimensions when the codes have more (None: no PCA).
-    ``perplexity`` must be below N / 3 (openTSNE's rule). ``negative_gradient_method``: "auto"
+    ``perplexity`` must be below N / 3 (openTSNE's rule); None: 30 (van der Maaten's usual value), or just
+    below N / 3 for fewer than 91 codes. ``negative_gradient_method``: "auto"
     (FFT for a small map of >= 10,000 points, Barnes-Hut otherwise), "fft" or "bh".
     ``labels``/``class_names`` default to the Codes' own; they only colour the plots.
     """
@@ -150,6 +151,8 @@ def tsne(codes, *, perplexity: float = 30.0, seed: int = 0, pca_dims: int | None
     n, d = x.shape
     if not np.isfinite(x).all():
         raise InputError("codes must be finite; got NaN or inf values")
+    if perplexity is None:
+        perplexity = min(30.0, round((n - 1) / 3, 2))
     if not isinstance(perplexity, (int, float)) or isinstance(perplexity, bool) or not 0 < perplexity < n / 3:
         raise expect("perplexity", f"a number in (0, {n / 3:.4g}) (below N / 3 for {n} codes)", perplexity)
     for name, v, lo in (("seed", seed, 0), ("n_iter", n_iter, 1), ("early_exaggeration_iter",

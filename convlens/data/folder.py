@@ -16,8 +16,10 @@ else 3; ``size=None`` means the most common (H, W) in the folder (both splits ar
 train and test always agree).  Conversions and resizes are counted in ``ds.info["converted"]``
 (e.g. ``{"RGBA->RGB": 1}``) and ``ds.info["resized"]``.
 
-Bad files (empty, not an image, unidentifiable, truncated or corrupt): ``on_error="raise"``
-(default) raises DataError naming the first one and counting the rest; ``on_error="skip"``
+Bad files (empty, not an image, unidentifiable, truncated or corrupt; a ``README.txt`` inside a
+class folder too): ``on_error="raise"`` (default) raises DataError naming the first one, counting
+the rest and naming both ways to skip them (``on_error='skip'``, ``--on-error skip`` on the command
+line); ``on_error="skip"``
 drops them with a single warning giving the count and the first file, and lists them in
 ``ds.info["skipped"]``.  An empty folder, a folder without class sub-folders and an empty
 class folder always raise.
@@ -79,6 +81,8 @@ def load_folder(root, split: str = "train", *, size=None, n=None, seed: int = 0,
 
     info = {"split": split, "layout": "train/test folders" if split_roots else f"held-out {TEST_FRACTION:.0%}",
             "resized": sum(i.size != shape_hw for i in infos)}
+    if not split_roots:
+        info["folder_images"] = len(keep)  # files passing the header check before the hold-out (split="all")
     spec = {"name_or_path": str(root), "split": split, "size": None if size is None else list(size),
             "n": n, "seed": seed, "channels": channels, "on_error": on_error}
     common = dict(name=root.name or str(root), source=str(root.resolve()), spec=spec)
@@ -181,7 +185,8 @@ def _hold_out(labels: np.ndarray, seed: int, *, test: bool) -> np.ndarray:
 def _raise_if(bad: list[tuple[str, str]], on_error: str, root: Path) -> None:
     if bad and on_error == "raise":
         more = f" (and {len(bad) - 1} more bad file(s) in {root})" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0][1]}{more}; pass on_error='skip' to skip bad files")
+        raise DataError(f"{bad[0][1]}{more}; to skip bad files pass on_error='skip' "
+                        "(on the command line: --on-error skip)")
 
 
 def _report_skipped(bad: list[tuple[str, str]], root: Path, info: dict) -> None:

@@ -7,7 +7,8 @@ or the images file), else an ImageFolder directory.
 Common options: ``size`` (int or (H, W)) resizes (built-ins render or cut at that size),
 ``n`` keeps a seeded subset spread evenly over the classes, ``channels`` (1 or 3) converts
 (gray -> RGB repeats, RGB -> gray uses ITU-R 601 luma).  ``split`` is ``"train"`` or ``"test"``;
-user data also accepts ``"all"``.
+user data also accepts ``"all"``.  ``describe_split(ds)`` says in words which images a loaded
+dataset holds (the held-out part of a folder without train/ and test/ sub-folders, ...).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .cifar import is_cifar, load_cifar
 from .dataset import (ImageDataset, as_size, balanced_pick, check_channels, check_n, convert_channels,
                       resize)
 from .digits import load_digits
-from .folder import load_folder
+from .folder import TEST_FRACTION, load_folder
 from .mnist import is_mnist, load_mnist
 from .photos import load_photos
 from .shapes import load_shapes
@@ -30,6 +31,28 @@ from .shapes import load_shapes
 BUILTINS: dict[str, Callable[..., ImageDataset]] = {
     "shapes": load_shapes, "digits": load_digits, "photos": load_photos,
 }
+
+
+def describe_split(ds) -> str:
+    """Which images of its source ``ds`` holds, in words ("held-out test split: a seeded 20 % of each
+    class of the folder's 50 images"); "" when the dataset does not say (a tensor pair, a subset)."""
+    info, spec = getattr(ds, "info", None) or {}, getattr(ds, "spec", None) or {}
+    split = info.get("split") or spec.get("split")
+    if not isinstance(split, str) or info.get("subset_of"):
+        return ""
+    if split == "all":
+        return "all images, split 'all'"
+    layout = str(info.get("layout", ""))
+    total = info.get("folder_images")
+    of = f" of the folder's {total} images" if total else ""
+    if layout.startswith("held-out"):
+        if split == "test":
+            return f"held-out test split: a seeded {TEST_FRACTION:.0%} of each class{of}"
+        return f"train split: the {1 - TEST_FRACTION:.0%} of each class not held out{of}"
+    if layout == "train/test folders":
+        return "train split (its train/ sub-folder)" if split == "train" else \
+            "test split (its test/ or val/ sub-folder)"
+    return f"{split} split"
 
 
 def names() -> list[str]:

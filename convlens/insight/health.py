@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, expect
+from ..layers import model_label
 from ..io import atomic_write_json, read_json
 from ..layers import display_names
 from ..inputs import as_images, forward_errors
@@ -203,7 +204,7 @@ def default_layers(model: nn.Module) -> list[str]:
     picked = [p for p, m in mods if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
               and not (linears and p == linears[-1])]
     if not picked:
-        raise InputError(f"layers must be given for this {type(model).__name__}: it has no ReLU-like, conv or "
+        raise InputError(f"layers must be given for this {model_label(model)}: it has no ReLU-like, conv or "
                          "hidden fc layers to measure; got None")
     return [shown[p] for p in picked]
 
@@ -238,7 +239,7 @@ def health(model, data=None, *, layers: str | Sequence[str] | None = None, max_s
     """
     from ..training.runs import Run
 
-    name = type(model).__name__
+    name = model_label(model)
     if isinstance(model, Run):
         if data is None:
             from ..training.evaluate import run_test_data

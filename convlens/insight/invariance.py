@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, expect
+from ..layers import model_label
 from ..inputs import as_images
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -279,7 +280,7 @@ def invariance(model_or_run, images_or_data=None, *, transform: str = "translate
                 dist[li, a] = torch.where(norm0[t] > 0, diff / norm0[t], torch.nan).numpy()
             p_true[a] = p[torch.arange(len(true)), true].numpy()
             pred[a] = p.argmax(1).numpy()
-    label = ((run.manifest.get("arch") or {}).get("name") or str(run.dir or "run")) if run else type(model).__name__
+    label = ((run.manifest.get("arch") or {}).get("name") or str(run.dir or "run")) if run else model_label(model)
     return InvarianceResult(transform, amounts, tuple(shown), tuple(tapped), dist, p_true, pred, true.numpy(),
                             tuple(names), tuple(indices), "render" if render is not None else "resample", fill,
                             label, data_label, label_source, images.cpu())

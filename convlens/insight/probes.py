@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, expect
+from ..layers import model_label
 
 CLASSIFIERS = {"svm": "SVM", "softmax": "Softmax"}
 POOLS = ("max", "avg", "flat")
@@ -201,7 +202,8 @@ def probe(model_or_run, data=None, *, layers: Sequence[str] | None = None, per_c
     ``model_or_run``: a Run or run directory (images go through its normalization) or an
     ``nn.Module`` (images as they are). ``data``: the pool the training splits are drawn from (a
     dataset name or path -- its train split --, an ImageDataset or an ``(images, labels)`` pair;
-    default: the run's training data). ``test_data``: the fixed test set (default: the test split
+    default: the run's training data; for a run wrapped with test images only, half of each class, the
+    other half being the test set). ``test_data``: the fixed test set (default: the test split
     of ``data``, or the run's). ``per_class``: training images per class, one column each.
     """
     from ..training.runs import model_and_run
@@ -230,7 +232,7 @@ def probe(model_or_run, data=None, *, layers: Sequence[str] | None = None, per_c
     acc, fit_s, missed = _fit_all(shown, tapped, classifiers, per_class, repeats, seed, f_train, y_used, f_test,
                                   y_test, [[where[s] for s in rep] for rep in idx])
     dims = tuple(int(f_test[t].shape[1]) for t in tapped)
-    label = (run.manifest.get("arch") or {}).get("name") or str(run.dir or "run") if run else type(model).__name__
+    label = (run.manifest.get("arch") or {}).get("name") or str(run.dir or "run") if run else model_label(model)
     return ProbeResult(label, data_name, tuple(shown), tuple(tapped), dims, tuple(classifiers), per_class,
                        repeats, pool, seed, acc, len(y_test), max(n_classes, int(test_y.max()) + 1),
                        {"extract_s": round(extract_s, 4), "fit_s": fit_s}, missed)
@@ -266,7 +268,7 @@ def _fit_all(shown, tapped, classifiers, per_class, repeats, seed, f_train, y_tr
 def choose_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[str], list[str]]:
     """(names shown, names tapped). A grammar network's conv/fc names map to their post-ReLU output."""
     from ..arch.grammar import GrammarNet
-    from ..layers import resolve
+    from ..layers import resolve, user_path
     from .rewiring import layer_groups
 
     net = getattr(model, "net", model)
@@ -274,9 +276,9 @@ def choose_layers(model: nn.Module, layers: Sequence[str] | None) -> tuple[list[
     if layers is None:
         if groups:
             return [g.name for g in groups], [g.output for g in groups]
-        paths = [p for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        paths = [user_path(model, p) for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         if not paths:
-            raise InputError(f"layers must be given: this {type(model).__name__} has no nn.Conv2d or nn.Linear "
+            raise InputError(f"layers must be given: this {model_label(model)} has no nn.Conv2d or nn.Linear "
                              "to probe by default; got None")
         return paths, paths
     if isinstance(layers, str):
@@ -319,10 +321,12 @@ def _pool(data, run, *, what: str = "data"):
         from ..training.evaluate import run_test_data
 
         spec = ((run.manifest.get("data") or {}).get("train") or {}).get("spec")
-        if not spec:
-            raise InputError(f"{what} must be given: the run does not record how to load its training data; "
-                             "got None")
-        data, test_default = datasets.load(**spec), run_test_data(run)
+        if spec:
+            data, test_default = datasets.load(**spec), run_test_data(run)
+        elif ((run.manifest.get("data") or {}).get("test") or {}).get("spec"):
+            data, test_default = _halves(run_test_data(run))  # a wrapped run: only its test images
+        else:
+            raise InputError(f"{what} must be given: the run records no data (wrap it with --data DIR); got None")
     elif data is None:
         raise InputError(f"{what} must be given for a bare model (a dataset name or path, an ImageDataset or an "
                          "(images, labels) pair); got None")
@@ -343,6 +347,19 @@ def _pool(data, run, *, what: str = "data"):
                      tuple(getattr(images, "shape", ())))
     classes = len(getattr(data, "class_names", None) or []) or int(labels.max()) + 1
     return images, labels, name, test_default, classes
+
+
+def _halves(ds) -> tuple[tuple, tuple]:
+    """A run that holds only test images (``convlens wrap --data``): half of each class is the pool the
+    probes train on, the other half their test set, chosen with a fixed seed (no image in both)."""
+    labels = torch.as_tensor(ds.labels).to("cpu", torch.int64)
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(labels), generator=gen)
+    pool = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        rows = order[labels[order] == c]
+        pool[rows[: (len(rows) + 1) // 2]] = True
+    return (ds.images[pool], labels[pool]), (ds.images[~pool], labels[~pool])
 
 
 def _extract(model, images, labels, layers, pool, batch_size, progress) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from torch import nn
 from ..arch.grammar import GrammarNet, describe, parse
 from ..arch.spec import tokenize
 from ..errors import InputError, LayerNotFoundError, ShapeError, SpecError, expect, suggest
+from ..layers import model_label
 
 BELONGS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LocalResponseNorm, nn.Dropout)
 ACTIVATIONS = (nn.ReLU, nn.Tanh, nn.Sigmoid)
@@ -146,7 +147,7 @@ def not_rewirable(model) -> InputError:
     listing = ", ".join(layers[:12]) + (f", … ({len(layers)} in all)" if len(layers) > 12 else "")
     return InputError(
         f"ablation needs a grammar network (convlens.parse, the zoo, or a run trained by convlens.train); got a "
-        f"{type(model).__name__}. Its conv/fc layers are {listing or 'none'}, but removing one means re-wiring "
+        f"{model_label(model)}. Its conv/fc layers are {listing or 'none'}, but removing one means re-wiring "
         "the next layer's input size (and any residual or functional path in forward()), which cannot be done "
         "automatically for arbitrary code. Describe the network in the grammar (convlens.describe works for an "
         "nn.Sequential) and ablate the GrammarNet that convlens.parse builds from it")

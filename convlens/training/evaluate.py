@@ -18,8 +18,12 @@ import torch
 from torch import nn
 
 from ..errors import InputError, expect
+from ..layers import model_label
 from .checkpoint import write_json
 from .runs import Run, load_run
+
+
+SPLITS = ("test", "train", "all")
 
 
 @dataclass(eq=False)
@@ -33,6 +37,7 @@ class Evaluation:
     source: str = ""
     model: str = ""
     examples: int = field(default=5, repr=False)
+    split: str = ""  # which images of the source, in words (datasets.describe_split)
 
     @property
     def n(self) -> int:
@@ -110,8 +115,8 @@ class Evaluation:
     def to_dict(self) -> dict:
         accuracy = self.per_class_accuracy.tolist()
         per_class = {name: (None if a != a else a) for name, a in zip(self.class_names, accuracy)}  # NaN -> null
-        out = {"n": self.n, "k": self.k, "num_classes": self.num_classes, "source": self.source, "model": self.model,
-               "top1_error": self.top1_error}
+        out = {"n": self.n, "k": self.k, "num_classes": self.num_classes, "source": self.source, "split": self.split,
+               "model": self.model, "top1_error": self.top1_error}
         if self.k >= 5:
             out["top5_error"] = self.top5_error
         out[f"top{self.k}_error"] = self.top_error(self.k)
@@ -126,7 +131,8 @@ class Evaluation:
         return Path(path)
 
     def __repr__(self) -> str:
-        head = f"Evaluation of {self.model or 'model'} on {self.source or 'data'}: {self.n} images, " \
+        split = f" ({self.split})" if self.split else ""
+        head = f"Evaluation of {self.model or 'model'} on {self.source or 'data'}{split}: {self.n} images, " \
                f"{self.num_classes} classes"
         errors = f"  top-1 error {100 * self.top1_error:6.2f} %"
         if self.k > 1:
@@ -147,30 +153,45 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def evaluate(run_or_model, data=None, *, batch_size: int = 256, k: int = 5,
-             class_names: Sequence[str] | None = None, examples: int = 5) -> Evaluation:
+def evaluate(run_or_model, data=None, *, split: str = "test", on_error: str | None = None, batch_size: int = 256,
+             k: int = 5, class_names: Sequence[str] | None = None, examples: int = 5) -> Evaluation:
     """Score ``data`` with a run (or a run path, or an ``nn.Module``) -> ``Evaluation``.
 
     A ``Run`` sees the images in [0, 1] through its normalization; a bare ``nn.Module`` sees the
-    images as they are. ``data``: a dataset name or path (its test split), an ImageDataset, or an
-    ``(images, labels)`` pair; for a run, None means the test split it was trained next to.
+    images as they are. ``data``: a dataset name or path, an ImageDataset, or an ``(images, labels)``
+    pair; for a run, None means the data it was trained next to. ``split`` picks the images of a name,
+    a path or the run's data: ``"test"`` (for a folder without train/ and test/ sub-folders, the
+    held-out 20 % of each class), ``"train"`` or ``"all"`` (every image of a folder). ``on_error``
+    ("raise"/"skip", image folders) defaults to the run's recorded choice, else "raise". The result
+    says which split it scored (``Evaluation.split``) and how many images (``n``).
     Labels are matched to the model's classes by name when both have names.
     """
+    if split not in SPLITS:
+        raise expect("split", " or ".join(repr(s) for s in SPLITS), split)
+    if on_error not in (None, "raise", "skip"):
+        raise expect("on_error", "'raise' or 'skip'", on_error)
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise expect("k", "a positive int", k)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise expect("batch_size", "a positive int", batch_size)
+    if split != "test" and data is not None and not isinstance(data, (str, Path)):
+        raise expect("split", "'test' (the default) for data given as images: split picks the images of a dataset "
+                     "name or path, or of the run's own data", split)
     if isinstance(run_or_model, (str, Path)):
         run_or_model = load_run(run_or_model)
     if isinstance(run_or_model, Run):
         run = run_or_model
         model, names, label = run.pixel_model(), run.class_names, str(run.dir or run.path or "run")
         if data is None:
-            data = run_test_data(run)
+            data = run_data(run, split, on_error=on_error)
     elif isinstance(run_or_model, nn.Module):
-        model, names, label = run_or_model, None, type(run_or_model).__name__
+        model, names, label = run_or_model, None, model_label(run_or_model)
     else:
         raise expect("run_or_model", "a Run, a run path or an nn.Module", type(run_or_model).__name__)
+    if isinstance(data, (str, Path)):
+        from .. import datasets
+
+        data = datasets.load(str(data), split=split, on_error=on_error or "raise")
     images, labels, data_names, source = _resolve_data(data)
     names = list(class_names) if class_names is not None else names or data_names
     if names is None:
@@ -179,30 +200,50 @@ def evaluate(run_or_model, data=None, *, batch_size: int = 256, k: int = 5,
     topk, n_scores = _topk(model, images, batch_size, k)  # (N, min(k, classes))
     if n_scores is not None and n_scores != len(names):
         raise InputError(f"the model must give one score per class ({len(names)} classes); got {n_scores} scores")
-    return Evaluation(list(names), labels, topk, k=k, source=source, model=label, examples=examples)
+    return Evaluation(list(names), labels, topk, k=k, source=source, model=label, examples=examples,
+                      split=split_of(data))
+
+
+def split_of(data) -> str:
+    """Which images ``data`` holds, in words (``datasets.describe_split``; "" for a tensor pair)."""
+    from ..data.load import describe_split
+
+    return describe_split(data)
 
 
 def run_test_data(run: Run):
     """The test split a run was trained next to (from its manifest)."""
+    return run_data(run, "test")
+
+
+def run_data(run: Run, split: str = "test", *, on_error: str | None = None):
+    """The ``split`` ("test", "train" or "all") of the data a run was trained on, from its manifest: the
+    test set it recorded, its training set (with its ``n``), or else its training data's other split.
+    ``on_error`` (image folders) overrides the recorded choice."""
     from .. import datasets
 
+    if split not in SPLITS:
+        raise expect("split", " or ".join(repr(s) for s in SPLITS), split)
     info = run.manifest.get("data") or {}
-    test, train = info.get("test") or {}, info.get("train") or {}
-    if test.get("spec"):
-        return datasets.load(**test["spec"])
-    if train.get("spec"):
-        spec = {key: v for key, v in train["spec"].items() if key not in ("n", "split")}
-        return datasets.load(**spec, split="test")
-    if info.get("source"):
-        return datasets.load(info["source"], split="test")
-    raise InputError(f"data must be given: the run {run.dir or run.path} does not record its data source; got None")
+    test, train = (info.get("test") or {}).get("spec"), (info.get("train") or {}).get("spec")
+    if split == "test" and test:
+        spec = dict(test)
+    elif split == "train" and train:
+        spec = dict(train)
+    elif test or train:
+        spec = {key: v for key, v in (test or train).items() if key not in ("n", "split")}
+        spec["split"] = split
+    elif info.get("source"):
+        spec = {"name_or_path": info["source"], "split": split}
+    else:
+        raise InputError(f"data must be given: the run {run.dir or run.path} does not record its data source; "
+                         "got None")
+    if on_error is not None:
+        spec["on_error"] = on_error
+    return datasets.load(**spec)
 
 
 def _resolve_data(data):
-    if isinstance(data, (str, Path)):
-        from .. import datasets
-
-        data = datasets.load(str(data), split="test")
     if isinstance(data, (tuple, list)) and len(data) == 2:
         images, labels = data
         names, source = None, "images"

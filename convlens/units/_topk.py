@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, InputError, ShapeError, expect
+from ..layers import model_label
 from ..io import atomic_write_json, atomic_write_npz, read_json, read_npz
 
 FORMAT = "convlens-top-patches-progress"
@@ -220,7 +221,7 @@ def choose_layers(model: nn.Module, layers) -> tuple[list[str], list[str]]:
         paths = [shown.get(p, p) for p, m in model.named_modules() if p and isinstance(m, nn.Conv2d)]
         if not paths:
             raise no_layer_error(model, "TorchScript has no forward hooks to mine its layers with",
-                                 f"layers must be given: this {type(model).__name__} has no nn.Conv2d layer to mine "
+                                 f"layers must be given: this {model_label(model)} has no nn.Conv2d layer to mine "
                                  "by default; got None")
         return paths, paths
     if isinstance(layers, str):
@@ -290,12 +291,15 @@ def _traced_geometries(model, paths: set, input_size) -> dict:
     from ..arch.tracing import geometry_of, trace
 
     found: dict = {}
-    modules = {p: m for p, m in model.named_modules() if p in paths}
+    from ..layers import user_path
+
+    named = ((p, m) for p, m in model.named_modules() if p)
+    modules = {p: m for p, m in named if p in paths or user_path(model, p) in paths}  # either spelling
 
     def hook_for(path):
         def hook(module, args, output):
             if path not in found and isinstance(output, torch.Tensor):
-                found[path] = (geometry_of(output), tuple(output.shape))
+                found[path] = found[user_path(model, path)] = (geometry_of(output), tuple(output.shape))
         return hook
 
     handles = [m.register_forward_hook(hook_for(p)) for p, m in modules.items()]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, expect
+from ..layers import model_label, user_path
 from .filter_diagnosis import THRESHOLDS, FilterDiagnosis, diagnose_weights, diagnosis_table
 
 __all__ = ["filters", "diagnose_filters", "conv_layers", "FilterResult"]
@@ -45,8 +46,8 @@ def diagnose_filters(model_or_run, *, thresholds: dict | None = None) -> list[Fi
 def _convs_or_raise(model: nn.Module):
     convs = conv_layers(model)
     if not convs:
-        raise InputError(f"model must have a Conv2d layer to show filters; this {type(model).__name__} has none")
-    return convs
+        raise InputError(f"model must have a Conv2d layer to show filters; this {model_label(model)} has none")
+    return [(n, user_path(model, p), m) for n, p, m in convs]  # paths as the user writes them
 
 
 # ---- the result ------------------------------------------------------------------------------------
@@ -133,6 +134,7 @@ def filters(model_or_run, layer: str | None = None, *, thresholds: dict | None =
         if not isinstance(layer, str):
             raise expect("layer", "a layer name (str) such as 'conv1'", layer)
         path, module = resolve(model, layer)
+        path = user_path(model, path)
         if not isinstance(module, nn.Conv2d):
             names = ", ".join(n for n, _, _ in convs)
             raise InputError(f"layer must be a Conv2d to show its filters; {layer!r} is a {type(module).__name__}. "
@@ -140,7 +142,7 @@ def filters(model_or_run, layer: str | None = None, *, thresholds: dict | None =
         name = next(n for n, p, _ in convs if p == path)
     diagnoses = [diagnose_weights(m.weight, name=n, path=p, thresholds=thresholds) for n, p, m in convs]
     weights = module.weight.detach().to("cpu", torch.float32).numpy().copy()  # (out, in, kh, kw)
-    label = type(model).__name__
+    label = model_label(model)
     if isinstance(run, Run):
         label = (run.manifest.get("arch") or {}).get("name") or str(run.dir or run.path or "run")
     return FilterResult(name, path, weights, path == convs[0][1] and weights.shape[1] in (1, 3), diagnoses,

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError, expect
+from ..layers import model_label
 from ..inputs import as_images, forward_errors
 
 __all__ = ["top_patches", "TopPatches"]
@@ -398,5 +399,5 @@ def top_patches(model_or_run, data=None, layers: str | Sequence[str] | None = No
 def _model_label(model, run) -> str:
     if run is not None:
         return str((run.manifest.get("arch") or {}).get("name") or run.dir or run.path or "run")
-    return type(model).__name__
+    return model_label(model)
 

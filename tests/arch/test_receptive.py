@@ -365,3 +365,15 @@ def test_property_analytic_equals_probe_on_window_stacks(stack, one_thread):
         near = (0, 1, -2, -1) if row is rows[-1] else (0, -1)
         for pos in {(r % h, c % w) for r in near for c in near}:
             assert row.geometry.box(*pos, size[1:]) == receptive_field(model, row.name, pos, size), (row.name, pos)
+
+
+def test_a_run_gives_the_fields_of_its_net_by_the_users_names(small_run):
+    from convlens import receptive_field
+
+    net, shape = small_run.model, small_run.input_shape
+    for layer, pos in (("conv2", (3, 2)), ("features.conv3", (1, 1))):
+        for method in ("analytic", "probe"):
+            assert receptive_field(small_run, layer, pos, method=method) == \
+                receptive_field(net, layer, pos, shape, method=method)
+            assert receptive_field(small_run.pixel_model(), layer, pos, method=method) == \
+                receptive_field(net, layer, pos, shape, method=method)

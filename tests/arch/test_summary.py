@@ -308,3 +308,30 @@ def test_flat_api():
 
     assert convlens.summary is summary and convlens.Summary is Summary
     assert convlens.receptive_field is receptive_field
+
+
+def test_a_run_and_its_cli_directory_are_summarized_as_the_net(small_run, capsys):
+    own = summary(small_run.model, small_run.input_shape)
+    s = summary(small_run)  # the run's input shape, the net's own rows (no normalization row)
+    assert s.input_size == small_run.input_shape == (1, 16, 16) and s.model == "GrammarNet"
+    assert [r.to_dict() for r in s.rows] == [r.to_dict() for r in own.rows]
+    code, out, _ = _cli(["summary", str(small_run.dir), "--json"], capsys)
+    d = json.loads(out)
+    assert code == 0 and [row["name"] for row in d["layers"]] == [r.name for r in own.rows]
+    assert d["total_params"] == sum(p.numel() for p in small_run.model.parameters())
+
+
+def test_input_size_error_names_the_users_class():
+    from convlens.training.runs import PixelModel
+
+    class Mine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with pytest.raises(InputError, match="input_size is required for a Mine") as err:
+        summary(PixelModel(Mine(), torch.zeros(3), torch.ones(3)))
+    assert "PixelModel" not in str(err.value)

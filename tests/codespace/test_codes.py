@@ -390,8 +390,8 @@ def run_copy(small_run, tmp_path):
 
 def test_cli_commands_and_report_section(run_copy, tmp_path, capsys):
     from convlens.cli import main
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.codes import codes as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.codes import codes as section
 
     main(["codes", str(run_copy), "--quiet"])
     out = capsys.readouterr().out
@@ -415,8 +415,8 @@ def test_cli_commands_and_report_section(run_copy, tmp_path, capsys):
 
 
 def test_section_absent_without_results(small_run, tmp_path):
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.codes import codes as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.codes import codes as section
 
     fresh = tmp_path / "fresh"
     shutil.copytree(small_run.dir, fresh, ignore=shutil.ignore_patterns("results", "report", "codes"))

@@ -197,3 +197,26 @@ def test_split_folders_agree_on_size_and_channels(tmp_path):
     assert test.input_shape == (3, 8, 8) and test.info["converted"] == {"L->RGB": 2}
     with pytest.raises(DataError, match="bad.png"):
         datasets.load(tmp_path, "train")
+
+
+def test_a_readme_in_a_class_folder_names_the_file_and_both_ways_to_skip(folder):
+    root, _ = folder
+    (root / "cat" / "README.txt").write_text("where these cats come from")
+    with pytest.raises(DataError) as err:
+        datasets.load(root, "all")
+    msg = str(err.value)
+    assert str(root / "cat" / "README.txt") in msg and "on_error='skip'" in msg and "--on-error skip" in msg
+    with pytest.warns(UserWarning, match="README.txt"):
+        assert len(datasets.load(root, "all", on_error="skip")) == 11
+
+
+def test_describe_split_says_which_images(folder, tmp_path):
+    root, _ = folder
+    n_files = len([p for p in root.glob("*/*") if not p.name.startswith(".")])  # 11 images in 2 class folders
+    test, train, every = (datasets.load(root, s) for s in ("test", "train", "all"))
+    assert datasets.describe_split(test) == f"held-out test split: a seeded 20% of each class of the folder's " \
+                                            f"{n_files} images"
+    assert datasets.describe_split(train).startswith("train split: the 80% of each class not held out")
+    assert datasets.describe_split(every) == "all images, split 'all'" and len(every) == n_files
+    assert datasets.describe_split(datasets.load("digits", "test", n=20)) == "test split"
+    assert datasets.describe_split((torch.zeros(1, 1, 2, 2), torch.zeros(1))) == ""

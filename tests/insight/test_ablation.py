@@ -158,7 +158,7 @@ def test_ablate_resumes_and_scratch_differs(tiny):
 
 def test_cli_saves_results_and_the_report_shows_them(tiny, tmp_path):
     from convlens.cli.app import main
-    from convlens.report import build_report
+    from convlens.reporting import report as build_report
 
     run, _, _ = tiny
     with pytest.raises(SystemExit) as info:

@@ -266,8 +266,8 @@ def test_plots(trained, digits):
 def test_cli_and_report_section(demo_run_dir, tmp_path):
     run = demo_run_dir
     from convlens.cli.app import main
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.health import health as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.health import health as section
     from convlens.training.runs import load_run
 
     ctx = ReportContext(load_run(run), tmp_path / "report")

@@ -192,8 +192,8 @@ def test_result_round_trip_and_plot(small_net):
 def test_cli_saves_result_and_report_section_reads_it(demo_run_dir, capsys):
     demo_copy = demo_run_dir
     from convlens.cli import main
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.invariance import invariance as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.invariance import invariance as section
 
     main(["invariance", str(demo_copy), "--transform", "translate", "--amounts", "-4,0,4", "--n", "2"])
     out = capsys.readouterr().out

@@ -177,7 +177,7 @@ class _Ctx:
 
 
 def test_report_section():
-    from convlens.report.sections.linear_fooling import linear_fooling
+    from convlens.reporting.sections.linear_fooling import linear_fooling
 
     sec = linear_fooling(_Ctx({}))
     table = sec.blocks[0]

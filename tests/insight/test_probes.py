@@ -157,7 +157,7 @@ def test_depth_trend_of_the_demo_model_on_shapes(demo_run_dir):
 
 def test_cli_saves_results_and_the_report_shows_them(trained, tmp_path):
     from convlens.cli.app import main
-    from convlens.report import build_report
+    from convlens.reporting import report as build_report
 
     with pytest.raises(SystemExit) as info:
         main(["probe", str(trained.dir), "--per-class", "3,6", "--repeats", "2", "--layers", "conv1,conv3",

@@ -239,8 +239,8 @@ def test_thresholds_change_the_verdict():
 
 
 def test_run_save_load_and_report_section(small_run, tmp_path):
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.filters import filters_section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.filters import filters_section
 
     run_dir = tmp_path / "run"
     shutil.copytree(small_run.dir, run_dir, ignore=shutil.ignore_patterns("results", "report"))

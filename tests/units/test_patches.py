@@ -311,8 +311,8 @@ def test_save_load_roundtrip_and_plots(tiny_resnet, tmp_path):
 def test_cli_saves_results_and_the_report_section_reads_them(small_run, tmp_path, capsys):
     import convlens
     from convlens.cli.app import main
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.patches import patches
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.patches import patches
 
     run_dir = tmp_path / "run"
     shutil.copytree(small_run.dir, run_dir, ignore=shutil.ignore_patterns("results", "report"))

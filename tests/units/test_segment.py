@@ -125,8 +125,8 @@ def test_cli_saves_results_a_figure_and_a_report_section(small_run, tmp_path, ca
     [second] = set((run_dir / "results").glob("saliency@*.json")) - {first}
     assert BackpropResult.load(second).images.shape == (1, 1, 16, 16)
 
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.saliency import saliency as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.saliency import saliency as section
 
     sec = section(ReportContext(convlens.load_run(run_dir), tmp_path / "report"))
     assert sec is not None and [b.kind for b in sec.blocks][:3] == ["metrics", "figure", "figure"]
