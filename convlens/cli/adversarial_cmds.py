@@ -16,7 +16,7 @@ from ..results import saving
 from .app import app
 from .inversion_cmds import load_inputs
 from .options import given_options
-from .output import echo_saved, show_progress
+from .output import echo_saved, show_progress, warn_missed
 
 SWEEP_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
@@ -116,6 +116,7 @@ def adversarial_cmd(
                                                                 for e, a in zip(swept.eps, swept.accuracy)))
     if loaded.dir is not None:
         echo_saved(*saved, as_json=as_json)
+    warn_missed("adversarial", result)
 
 
 def _target(run, target: str | None, method: str):

@@ -18,7 +18,7 @@ from ..errors import InputError, expect
 from ..results import saving
 from .app import app
 from .options import given_options
-from .output import echo_saved, show_progress, table
+from .output import echo_saved, show_progress, table, warn_missed
 
 CLASS_MODEL, UNIT_MODEL = "class-model", "unit-model"
 
@@ -145,6 +145,7 @@ def class_model_cmd(
         typer.echo(_class_model_text(result, steps))
     if saved is not None:
         echo_saved(f"{saved} (+ .npz, .png)", as_json=as_json)
+    warn_missed(UNIT_MODEL if layer else CLASS_MODEL, result)
 
 
 def _class_model_text(result, steps: int) -> str:
@@ -204,6 +205,7 @@ def fooling_cmd(
         typer.echo(_fooling_text(result))
     if saved is not None:
         echo_saved(f"{saved} (+ .npz, .png)", as_json=as_json)
+    warn_missed(fooling_name(method), result)
 
 
 def _fooling_text(result) -> str:
@@ -224,5 +226,4 @@ def _fooling_text(result) -> str:
     return (f"fooling images (Nguyen et al. 2015) by {how}; goal P(class) >= {goal}\n"
             + table(["class", "P(class) start -> end", "top-1", f"reached {goal}"], rows)
             + f"\n  {sum(info['reached'])}/{len(result)} reached {goal} in {total}, "
-              f"{info['evaluations']:,} images scored"
-            + "".join(f"\n  {label}: {why}" for label, why in info.get("unreached", {}).items()))
+              f"{info['evaluations']:,} images scored")  # why each missed: warn_missed, on stderr

@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..results import saving
 from .app import app
 from .options import given_options
-from .output import echo_saved, show_progress
+from .output import echo_saved, show_progress, warn_missed
 
 
 def load_inputs(run, image: Path | None, indices: Sequence[int]):
@@ -115,11 +115,11 @@ def invert_cmd(
         quads, path = invert_quadrants(loaded, x, quad, options=given_options(ctx, "inversion-quadrants"),
                                        steps=steps, n_inits=n_inits, seed=seed, progress=show_progress(quiet))
         saved.append(path)
-    rows = [{"layer": k, "tapped": r.info["tapped"], "feature_error": r.info["feature_error"]}
-            for k, r in per_layer.items()]
+    rows = [{"layer": k, "tapped": r.info["tapped"], "feature_error": r.info["feature_error"],
+             "reached": r.goal["reached"]} for k, r in per_layer.items()]
     if quads is not None:
         rows.append({"layer": quad, "tapped": quads.info["tapped"], "feature_error": quads.info["feature_error"],
-                     "n_inits": n_inits})
+                     "reached": quads.goal["reached"], "n_inits": n_inits})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
@@ -130,6 +130,10 @@ def invert_cmd(
                                                                          else ""))
     if loaded.dir is not None:
         echo_saved(*(f"{path} (+ .npz, .png)" for path in saved), as_json=as_json)
+    for name, r in per_layer.items():
+        warn_missed(f"invert {name}", r)
+    if quads is not None:
+        warn_missed(f"invert {quad} ({n_inits} inits)", quads)
 
 
 def demo_inversion(run) -> None:

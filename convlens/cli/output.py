@@ -1,4 +1,4 @@
-"""How the commands print: progress bars only on a terminal, the paths they saved, small tables."""
+"""How the commands print: progress bars only on a terminal, the paths they saved, small tables, missed goals."""
 from __future__ import annotations
 
 import sys
@@ -27,6 +27,16 @@ def train_progress(quiet: bool = False) -> dict:
 def echo_saved(*paths: Path | str, as_json: bool = False) -> None:
     """``saved: PATH, ...``: the files a command wrote; with --json on stderr, so stdout stays one JSON document."""
     typer.echo("saved: " + ", ".join(str(p) for p in paths), err=as_json)
+
+
+def warn_missed(what: str, result) -> int:
+    """One ``warning: WHAT: KEY missed its goal (GOAL): WHY`` line on stderr for each image of ``result`` (an
+    OptimizedImage or AdversarialResult: its ``goal`` record) that missed its goal; returns how many did."""
+    goal = result.goal or {}
+    missed = goal.get("missed") or {}
+    for key, why in missed.items():
+        typer.echo(f"warning: {what}: {key} missed its goal ({goal.get('goal', '?')}): {why}", err=True)
+    return len(missed)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

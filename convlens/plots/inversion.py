@@ -21,7 +21,7 @@ def _display(images, mean, std) -> np.ndarray:
 def layers_figure(original, results: Mapping, *, image: int = 0, size: float = 1.7, title: str | None = None):
     """The original image, then its reconstruction from each layer of ``results`` (layer ->
     ``OptimizedImage`` from :func:`convlens.invert`; the first init of ``image``), each titled with
-    its relative feature error ||Φ(x*) − Φ0|| / ||Φ0||."""
+    its relative feature error ||Φ(x*) − Φ0|| / ||Φ0|| (in red where it missed its goal)."""
     plt = pyplot()
     items = list(results.items())
     first = items[0][1] if items else None
@@ -38,7 +38,7 @@ def layers_figure(original, results: Mapping, *, image: int = 0, size: float = 1
         err = r.info.get("feature_error", [np.nan] * len(r.images))[row]
         tap = r.info.get("tapped", name)
         label = name if tap in (name, None) or "." in tap else f"{name} ({tap})"
-        ax.set_title(f"{label}\nerror {err:.3f}", fontsize=8)
+        ax.set_title(f"{label}\nerror {err:.3f}", fontsize=8, color=_color(r, row))
     for ax in axes:
         ax.axis("off")
     if title:
@@ -50,7 +50,8 @@ def layers_figure(original, results: Mapping, *, image: int = 0, size: float = 1
 def quadrants_figure(original, result, *, image: int = 0, size: float = 1.9, title: str | None = None):
     """The lecture's "multiple reconstructions" panel: the original, then the ``n_inits``
     reconstructions of ``image`` from one code (from different random starts) in a 2x2 (or 2-row) grid,
-    each with its feature error; they all "look" the same to the network at that layer."""
+    each with its feature error (in red where it missed its goal); they all "look" the same to the network
+    at that layer."""
     plt = pyplot()
     rows = [i for i, k in enumerate(result.info.get("image_index", range(len(result.images)))) if k == image]
     orig = _display(original, result.mean, result.std)[image]
@@ -66,11 +67,17 @@ def quadrants_figure(original, result, *, image: int = 0, size: float = 1.9, tit
     for j, (row, rec) in enumerate(zip(rows, recs)):
         ax = fig.add_subplot(grid[j // ncols, 1 + j % ncols])
         ax.imshow(to_hwc(rec), interpolation="nearest")
-        ax.set_title(f"init {j + 1}: error {errs[row]:.3f}", fontsize=8)
+        ax.set_title(f"init {j + 1}: error {errs[row]:.3f}", fontsize=8, color=_color(result, row))
         ax.axis("off")
     layer = result.info.get("layer", "?")
     fig.suptitle(title or f"{len(rows)} reconstructions from the {layer} code of one image", fontsize=10)
     return fig
+
+
+def _color(result, row: int) -> str:
+    """Black, or red where image ``row`` missed its goal (``info["goal"]``; results saved without one: black)."""
+    reached = (result.info.get("goal") or {}).get("reached")
+    return "#c0392b" if reached is not None and not reached[row] else "black"
 
 
 def _first_row(result, image: int) -> int:

@@ -22,7 +22,17 @@ for PGD. Every method is one call of the image-optimization core (:func:`convlen
 Distortion is measured in the model's input units (a Run's pixel model: [0, 1] pixels):
 ``l2 = ||x_adv - x||_2`` and ``linf = max |x_adv - x|`` over all C*H*W values of each image.
 ``success``: the target is top-1 after (targeted), or the prediction differs from the label
-(untargeted). Probabilities are ``softmax`` of the model's scores.
+(untargeted). Probabilities are ``softmax`` of the model's scores. ``result.goal`` states that goal in
+the shape every synthesis result shares (:func:`~convlens.synthesis.optimize.goal_record`): per image
+whether it was reached, the number kept (P(target) after, or P(label) after when untargeted) and the
+distortion (``l2``, ``linf``); ``result.missed`` names the images that missed it and why.
+
+Scale: fgsm and pgd take sign steps of ``eps`` (``step_size``) in input units, whatever the scale of the
+scores. L-BFGS's ``c`` weighs ``||r||²`` (input units) against log P (score units); its line search
+(``c=None``) moves ``c`` by x10 a round until the target is bracketed, so a net whose scores are 100x
+smaller costs two rounds of ``search_steps``, not the search. What does not scale is Szegedy's loss
+itself: on scores that small the softmax is nearly flat and log P(target) hardly tells the strongest
+competitor from the rest, so such an attack can miss (``result.missed`` says so).
 """
 from __future__ import annotations
 
@@ -38,7 +48,7 @@ from ..errors import InputError, expect
 from ..taps import eval_mode
 from ..synthesis import objectives as O
 from ..inputs import as_images, forward_errors
-from .optimize import optimize
+from .optimize import goal_record, optimize
 from ..targets import class_names_of, target_indices
 
 __all__ = ["adversarial", "AdversarialResult", "fgsm_sweep", "FGSMSweep", "METHODS"]
@@ -86,6 +96,37 @@ class AdversarialResult:
     def distortion(self) -> np.ndarray:
         return self.adversarial - self.original  # (N, C, H, W)
 
+    @property
+    def goal(self) -> dict:
+        """The goal record (:func:`~convlens.synthesis.optimize.goal_record`): targeted, the target is top-1
+        (the number: P(target) after); untargeted, the prediction is no longer the label (the number: P(label)
+        after); fgsm/pgd within L∞ ``eps``; plus each image's ``l2`` and ``linf`` distortion."""
+        rows = np.arange(len(self))
+        pa, ok = self.pred_after, self.success
+        eps = self.params.get("eps") if self.method != "lbfgs" else None
+        within = f" within L∞ {eps:g}" if eps is not None else ""
+        hint = "raise eps" if eps is not None else "raise steps or search_steps"
+        if self.target is not None:
+            values = self.probs_after[rows, self.target]
+            keys = [f"[{i}] {self.name(y)} -> {self.name(t)}" for i, (y, t) in enumerate(zip(self.labels, self.target))]
+            why = [f"still classified as {self.name(pa[i])} (P {self.probs_after[i, pa[i]]:.3f}), "
+                   f"P({self.name(self.target[i])}) = {values[i]:.4f} at L2 {self.l2[i]:.3g}, L∞ {self.linf[i]:.3g}; "
+                   + hint for i in rows]
+            goal = f"the target class is top-1{within}"
+        else:
+            values = self.probs_after[rows, self.labels]
+            keys = [f"[{i}] {self.name(y)}" for i, y in enumerate(self.labels)]
+            why = [f"still classified as {self.name(self.labels[i])} (P {values[i]:.3f}) at L2 {self.l2[i]:.3g}, "
+                   f"L∞ {self.linf[i]:.3g}; " + hint for i in rows]
+            goal = f"the prediction is no longer the label{within}"
+        return goal_record(goal, "P(target)" if self.target is not None else "P(label)", values, ok, keys, why,
+                           l2=[float(v) for v in self.l2], linf=[float(v) for v in self.linf])
+
+    @property
+    def missed(self) -> dict[str, str]:
+        """Image -> why it missed the goal (``goal["missed"]``); empty when every image reached it."""
+        return self.goal["missed"]
+
     def name(self, k: int) -> str:
         k = int(k)
         return self.class_names[k] if self.class_names and 0 <= k < len(self.class_names) else str(k)
@@ -118,6 +159,12 @@ class AdversarialResult:
             lines.append(f"  … ({len(self)} in all)")
         return "\n".join(lines)
 
+    def __getitem__(self, i) -> "AdversarialResult":
+        """Image ``i`` as a result of its own (``result[i].plot()`` draws its triptych)."""
+        from ..batch import pick
+
+        return pick(self, i, listed=("indices",))
+
     def plot(self, *, images: Sequence[int] | None = None, magnify: float = 10.0):
         """The lecture's triptych per image: correct image | distortion x``magnify`` around mid-grey | adversarial."""
         from ..plots.adversarial import triptych_figure
@@ -142,7 +189,7 @@ class AdversarialResult:
              "l2": self.l2.tolist(), "linf": self.linf.tolist(), "success": self.success.tolist(),
              "class_names": list(self.class_names) if self.class_names else None,
              "box": list(self.box) if self.box else None, "mean": list(self.mean) if self.mean else None,
-             "std": list(self.std) if self.std else None, "indices": list(self.indices)}
+             "std": list(self.std) if self.std else None, "indices": list(self.indices), "goal": self.goal}
         if self.target is not None:
             d["p_target_before"] = self.probs_before[rows, self.target].tolist()
             d["p_target_after"] = self.probs_after[rows, self.target].tolist()
@@ -159,6 +206,7 @@ class AdversarialResult:
 
     @classmethod
     def from_saved(cls, d: dict, arrays: dict) -> "AdversarialResult":
+        """The inverse of :meth:`save` (``goal`` is recomputed from the arrays: files saved before it load too)."""
         return cls(arrays["original"], arrays["adversarial"], None if d["target"] is None else np.asarray(d["target"]),
                    np.asarray(d["labels"]), arrays["probs_before"], arrays["probs_after"], np.asarray(d["l2"]),
                    np.asarray(d["linf"]), d["method"], dict(d["params"]),

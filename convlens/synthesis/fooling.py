@@ -33,7 +33,14 @@ confidences" slide. Two ways, both run for a batch of targets (every class) at o
 ``info`` records per image: ``confidence`` (P(target) of the returned image), ``reached``, and
 ``steps_to_reach`` (gradient) or ``generation_reached`` (evolution; 0: found in the random
 population), plus totals (``steps`` / ``generations``, ``evaluations``: images scored) and
-``unreached`` (label -> why, empty when every image reached the goal).
+``unreached`` (label -> why, empty when every image reached the goal). ``info["goal"]`` says the same
+in the shape every synthesis result shares (:func:`~convlens.synthesis.optimize.goal_record`: goal
+``P(target) >= confidence``, measure P(target), ``missed`` = ``unreached``; ``result.missed``).
+
+Scale: log P(target) is what both searches climb, and neither step depends on its scale (Adam's steps
+in z; the evolution's ranks), so no default needs scaling with the model. The goal itself does not
+scale: a net whose scores are 100x smaller needs scores 100x further apart for the same confidence, and
+may miss it in the budget (``info["goal"]["missed"]`` says so).
 """
 from __future__ import annotations
 
@@ -48,7 +55,7 @@ from ..errors import InputError, expect
 from ..taps import model_device
 from ..synthesis import objectives as O
 from .class_model import image_shape, logits_of
-from .optimize import OptimizedImage, evaluate, optimize
+from .optimize import OptimizedImage, evaluate, goal_record, optimize
 from ..targets import class_names_of, target_indices
 
 __all__ = ["fooling_image", "METHODS", "ENCODINGS", "cppn_render"]
@@ -100,6 +107,7 @@ def fooling_image(model_or_run, target=None, *, method: str = "gradient", confid
                 reached=[bool(v >= confidence) for v in conf.cpu()], top1=p.argmax(1).tolist(),
                 unreached=_unreached(info, conf.cpu().tolist(), confidence, names, targets.tolist()),
                 box=list(box), input_shape=list(shape))
+    info["goal"] = fooling_goal(info)
     result.info.update(info)
     if normalize is not None:
         m, s = normalize
@@ -249,6 +257,14 @@ def cppn_render(genomes: torch.Tensor, coords: torch.Tensor, layers) -> torch.Te
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+def fooling_goal(info: dict) -> dict:
+    """The goal record (P(target) >= the confidence goal) from a fooling result's ``info``."""
+    goal, unreached = info["confidence_goal"], info.get("unreached") or {}
+    why = [unreached.get(label, f"P = {p:.4f} < {goal:g}") for label, p in zip(info["labels"], info["confidence"])]
+    return goal_record(f"P(target) >= {goal:g}", "P(target)", info["confidence"], info["reached"], info["labels"],
+                       why)
+
 
 def _unreached(info: dict, conf: list[float], goal: float, names, targets: list[int]) -> dict[str, str]:
     """label -> why the image is short of the goal: the budget ran out while it still gained, or it stalled."""

@@ -28,6 +28,13 @@ What is computed (stated in the result's ``info``):
   quadrants all look the same to the CNN").
 * **feature error** -- ``info["feature_error"]`` per reconstruction: ||Φ(x*) - Φ0|| / ||Φ0|| recomputed
   on the returned image (the paper's "normalized reconstruction error").
+* **goal** -- a reconstruction reaches its goal when its feature error is at most ``error_goal``
+  (default ``ERROR_GOAL = 0.3``): ``info["goal"]`` (:func:`~convlens.synthesis.optimize.goal_record`,
+  measure: the feature error; ``result.missed``). Why 0.3: with the defaults, every conv/fc layer of the
+  two trained runs the tests use (the digits run, the demo shapes) is matched to 0.04-0.25, while an
+  image still near its random start is at 0.5-1.2 (15 steps leave 0.1-0.55): 0.3 tells a finished
+  reconstruction from an unfinished one on both, with room on either side. The error is relative to
+  ||Φ0||, and the step is normalized, so neither the goal nor a default depends on the layer's scale.
 * **defaults** -- λ_α = 1e-3 (inert inside the image's range, it only stops pixels running away when
   there is no box); λ_TV rises geometrically with the layer's depth among the conv/fc layers, from
   0.01 at the first conv to 0.3 at the last layer (the paper also raises it with depth). On the demo
@@ -47,18 +54,19 @@ from ..errors import InputError, expect
 from ..taps import eval_mode, model_device
 from ..synthesis import objectives as O
 from ..inputs import as_images, forward_errors
-from .optimize import OptimizedImage, optimize
+from .optimize import OptimizedImage, goal_record, optimize
 
-__all__ = ["invert", "save_inversions", "load_inversions", "feature_error"]
+__all__ = ["invert", "save_inversions", "load_inversions", "feature_error", "ERROR_GOAL"]
 
 LAMBDA_TV_FIRST = 0.01  # λ_TV at the first conv layer
 LAMBDA_TV_RISE = 30.0  # ... and this many times that at the last layer
+ERROR_GOAL = 0.3  # a reconstruction's goal: ||Φ(x*) - Φ0|| / ||Φ0|| at most this (see the module docstring)
 
 
 def invert(model_or_run, x, layer: str | Sequence[str], *, steps: int = 200, alpha: float = 6.0, beta: float = 2.0,
            lambda_alpha: float = 1e-3, lambda_tv: float | None = None, n_inits: int = 1, seed: int = 0,
            lr: float = 0.01, final_lr: float = 0.1, momentum: float = 0.9, box: tuple[float, float] | None = None,
-           mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+           mean: Sequence[float] | None = None, std: Sequence[float] | None = None, error_goal: float = ERROR_GOAL,
            progress: bool = False) -> OptimizedImage | dict[str, OptimizedImage]:
     """Reconstruct ``x`` (C, H, W) or (B, C, H, W) from its code at ``layer``; see the module docstring.
 
@@ -68,6 +76,7 @@ def invert(model_or_run, x, layer: str | Sequence[str], *, steps: int = 200, alp
     the first conv up to 0.3 at the last layer; see :func:`default_lambda_tv`). ``lr`` is the first step in units
     of the mean pixel move; ``final_lr`` the fraction of it left at the last step. A bare model gets
     ``box`` only when given; ``mean``/``std`` are only for display (``OptimizedImage.display``).
+    ``error_goal``: the feature error a reconstruction must reach (``info["goal"]``, ``result.missed``).
     """
     from ..insight.probes import choose_layers
     from ..training.runs import model_and_run
@@ -78,6 +87,8 @@ def invert(model_or_run, x, layer: str | Sequence[str], *, steps: int = 200, alp
         raise expect("layer", "a layer name or a non-empty list of layer names", layer)
     shown, tapped = choose_layers(model, names)
     _check(steps, alpha, beta, lambda_alpha, lambda_tv, n_inits, seed, lr, final_lr, momentum)
+    if isinstance(error_goal, bool) or not isinstance(error_goal, (int, float)) or not error_goal > 0:
+        raise expect("error_goal", "a positive number (the largest feature error that reaches the goal)", error_goal)
     x0 = as_images(x, model, input_shape=run.input_shape if run is not None else None)  # (B, C, H, W)
     if box is None and run is not None:
         box = (0.0, 1.0)
@@ -90,7 +101,19 @@ def invert(model_or_run, x, layer: str | Sequence[str], *, steps: int = 200, alp
                                 lambda_alpha=lambda_alpha, lambda_tv=lam_tv, n_inits=n_inits, seed=seed, lr=lr,
                                 final_lr=final_lr, momentum=momentum, box=box, progress=progress,
                                 mean=mean, std=std)
+        out[name].info["goal"] = inversion_goal(out[name].info, out[name].steps, error_goal)
     return out[shown[0]] if isinstance(layer, str) else out
+
+
+def inversion_goal(info: dict, steps: int, error_goal: float = ERROR_GOAL) -> dict:
+    """The goal record (feature error <= ``error_goal``) from an inversion's ``info``; images are named
+    ``image b`` (with ``, init j`` for several initializations)."""
+    rows, n = info["image_index"], int(info.get("n_inits", 1))
+    keys = [f"image {b}" + (f", init {i % n}" if n > 1 else "") for i, b in enumerate(rows)]
+    errors = info["feature_error"]
+    why = [f"feature error {e:.3f} > {error_goal:g} after {steps} steps; raise steps" for e in errors]
+    return goal_record(f"||Φ(x*) - Φ0|| / ||Φ0|| <= {error_goal:g} at {info.get('layer')}", "feature error", errors,
+                       [e <= error_goal for e in errors], keys, why)
 
 
 def default_lambda_tv(depth: float) -> float:
@@ -225,11 +248,15 @@ def load_inversions(path: str | Path) -> tuple[torch.Tensor, dict[str, Optimized
 
 
 def from_saved(d: dict, arrays: dict) -> tuple[torch.Tensor, dict[str, OptimizedImage]]:
-    """The inverse of :func:`save_inversions` from its JSON dict and npz arrays (for report sections)."""
+    """The inverse of :func:`save_inversions` from its JSON dict and npz arrays (for report sections). A
+    result saved before goals were recorded gets the default goal (``ERROR_GOAL``) from its feature errors."""
     out = {}
     for i, e in enumerate(d["layers"]):
+        info = dict(e["info"])
+        if "goal" not in info and "feature_error" in info and "image_index" in info:
+            info["goal"] = inversion_goal(info, int(e["steps"]))
         out[e["layer"]] = OptimizedImage(torch.from_numpy(arrays[f"images_{i}"]), arrays[f"history_{i}"],
                                          np.asarray(e["final"], dtype=float), e["objective"], int(e["steps"]),
                                          tuple(e["mean"]) if e.get("mean") else None,
-                                         tuple(e["std"]) if e.get("std") else None, dict(e["info"]))
+                                         tuple(e["std"]) if e.get("std") else None, info)
     return torch.from_numpy(arrays["original"]), out

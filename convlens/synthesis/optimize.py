@@ -27,7 +27,7 @@ during the loop (no parameter gradients are computed) and restored after, hooks 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,8 +41,8 @@ from ..synthesis import update_rules
 from .image_priors import PriorsStep
 from .objectives import Objective, State, as_objective
 
-__all__ = ["optimize", "evaluate", "OptimizedImage", "jitter", "blur", "clip_small_norm", "clip_small_contribution",
-           "decay", "OPTIMIZERS", "PARAMETRIZATIONS"]
+__all__ = ["optimize", "evaluate", "gradient", "OptimizedImage", "goal_record", "jitter", "blur", "clip_small_norm",
+           "clip_small_contribution", "decay", "OPTIMIZERS", "PARAMETRIZATIONS"]
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 PARAMETRIZATIONS = ("pixels", "sigmoid")
@@ -54,7 +54,8 @@ class OptimizedImage:
 
     ``history`` (steps, N) is the objective per image at each step; ``final`` (N,) its value on the
     returned images (no transforms); ``info`` holds method-specific numbers (scores, probabilities,
-    feature errors ...) set by the caller.
+    feature errors ...) set by the caller, and ``info["goal"]`` what the method was after and whether
+    each image got there (:func:`goal_record`; ``goal`` and ``missed`` read it).
     """
 
     images: torch.Tensor
@@ -81,13 +82,76 @@ class OptimizedImage:
             raise expect("mode", "'clip' or 'stretch'", mode)
         return np.clip(x, 0.0, 1.0)
 
+    @property
+    def goal(self) -> dict | None:
+        """``info["goal"]``: the goal, per image its number and whether it was reached (see :func:`goal_record`);
+        None for a result made without one."""
+        return self.info.get("goal")
+
+    @property
+    def missed(self) -> dict[str, str]:
+        """Image label -> why it missed the goal; empty when every image reached it."""
+        return dict((self.goal or {}).get("missed", {}))
+
     def __len__(self) -> int:
         return len(self.images)
 
+    def __getitem__(self, i) -> "OptimizedImage":
+        """Image ``i`` as a result of its own: its image, its column of ``history``, and of ``info`` the
+        entries that hold one value per image (lists of N values, the goal record) for it alone."""
+        from ..batch import index_of, per_image
+
+        n = len(self)
+        i = index_of(i, n)
+        shared = ("class_names", "box", "input_shape", "position")  # lists that are not one value per image
+        info = {k: per_image(v, i, n, listed=k not in shared) for k, v in self.info.items()}
+        goal = self.info.get("goal")
+        if goal:
+            missed = list(goal.get("missed", {}).items())  # in image order, one per image that missed
+            rank = sum(1 for r in goal["reached"][:i] if not r)
+            info["goal"] = {**goal, **{k: [v[i]] for k, v in goal.items() if isinstance(v, list) and len(v) == n},
+                            "missed": dict(missed[rank:rank + 1]) if not goal["reached"][i] else {}}
+        if "n_targets" in info:
+            info["n_targets"] = 1
+        return replace(self, images=self.images[i:i + 1], history=self.history[:, i:i + 1],
+                       final=self.final[i:i + 1], info=info)
+
+    def plot(self, *, mode: str = "stretch", title: str | None = None):
+        """The images in a row, each with the number its goal is judged by (red where it missed)."""
+        from ..plots.optimized import optimized_figure
+
+        return optimized_figure(self, mode=mode, title=title)
+
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.info.items() if isinstance(v, (int, float, str)))
+        if self.goal:
+            extra += f", goal reached {sum(self.goal['reached'])}/{len(self.goal['reached'])}"
         return (f"OptimizedImage({len(self)} x {tuple(self.images.shape[1:])}, {self.steps} steps, "
                 f"objective {self.objective}, final {np.round(self.final, 4).tolist()}{extra})")
+
+
+def goal_record(goal: str, measure: str, values, reached, keys: Sequence[str], why: Sequence[str], **extra) -> dict:
+    """The one shape in which every synthesis result states its goal (``OptimizedImage.info["goal"]``,
+    ``AdversarialResult.goal``), JSON-ready::
+
+        {"goal":     "P(target) >= 0.996",   # one line: what each image was after
+         "measure":  "P(target)",            # what "values" holds: the number that decides it
+         "values":   [0.998, 0.91],          # per image
+         "reached":  [true, false],          # per image
+         "missed":   {"star": "P = 0.9100 < 0.996: ..."}}   # key -> why, only the images that missed
+
+    ``keys`` name the images (a key that repeats gets `` [i]``, i the image's index), ``why`` says per
+    image why it missed (read only where it did); ``extra``: further per-image numbers of the method
+    (e.g. an adversarial image's distortion).
+    """
+    reached = [bool(r) for r in reached]
+    if not len(keys) == len(reached) == len(values) == len(why):
+        raise expect("a goal record's values, reached, keys and why", "one entry per image each",
+                     (len(values), len(reached), len(keys), len(why)))
+    seen = [str(k) for k in keys]
+    keys = [k if seen.count(k) == 1 else f"{k} [{i}]" for i, k in enumerate(seen)]
+    return {"goal": goal, "measure": measure, "values": [float(v) for v in values], "reached": reached,
+            "missed": {k: str(w) for k, r, w in zip(keys, reached, why) if not r}, **extra}
 
 
 # ---- transforms (before the forward, differentiable) and regularizers (between steps) -------------
@@ -263,6 +327,21 @@ def evaluate(model: nn.Module, objective: Objective, x: torch.Tensor, *, batch_s
             xb = x[i:i + batch_size].to(device=device, dtype=dtype)
             out.append(objective(forward(xb, xb)))
     return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def gradient(model: nn.Module, objective: Objective, x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) gradient of the objective's (N,) values with respect to images ``x`` (no transforms;
+    eval mode, no parameter gradients, the model left as found): e.g. the size of a score's gradient at a
+    start image, for defaults that scale with the model."""
+    objective = as_objective(objective)
+    device, dtype = model_device(model)
+    z = x.detach().to(device=device, dtype=dtype).requires_grad_(True)
+    with torch.enable_grad(), eval_mode(model), _frozen(model), _Forward(model, objective) as forward:
+        value = objective(forward(z, z))                                           # (N,)
+        if not value.requires_grad:                                                # constant in x
+            return torch.zeros_like(z)
+        (g,) = torch.autograd.grad(value.sum(), z, allow_unused=True)
+    return torch.zeros_like(z) if g is None else g
 
 
 # ---- internals -------------------------------------------------------------------------------------

@@ -179,8 +179,8 @@ def test_cli_saves_results_figures_and_the_report_section_reads_them(small_run, 
     main(["adversarial", str(run_dir), "--index", "0", "--index", "5", "--method", "pgd", "--target", "none",
           "--eps", "0.1", "--quiet"])
     assert "pgd" in capsys.readouterr().out
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.adversarial import adversarial
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.adversarial import adversarial
 
     sec = adversarial(ReportContext(convlens.load_run(run_dir), tmp_path / "report"))
     assert sec is not None and [b.name for b in sec.blocks if b.kind == "figure"] == ["triptych",

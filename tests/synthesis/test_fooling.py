@@ -179,8 +179,8 @@ def test_demo_model_is_fooled_by_evolution_for_every_class(demo_run_dir):
 
 def test_cli_saves_results_and_the_report_section_reads_them(small_run, tmp_path, capsys):
     from convlens.cli.app import main
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.fooling import fooling as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.fooling import fooling as section
 
     run_dir = tmp_path / "run"
     shutil.copytree(small_run.dir, run_dir, ignore=shutil.ignore_patterns("results", "report"))

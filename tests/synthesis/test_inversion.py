@@ -159,8 +159,8 @@ def test_cli_saves_results_figures_and_the_report_section_reads_them(small_run, 
         assert all(path.with_suffix(ext).is_file() for ext in (".npz", ".png")), path.name
     original, back = load_inversions(layers)
     torch.testing.assert_close(original, run_test_data(small_run).images[3:4])
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.inversion import inversion
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.inversion import inversion
 
     sec = inversion(ReportContext(convlens.load_run(run_dir), tmp_path / "report"))
     assert sec is not None and [b.name for b in sec.blocks if b.kind == "figure"] == ["layers",
