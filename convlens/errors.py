@@ -49,6 +49,14 @@ def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
+def lookup(table: dict, name: str, what: str, listing: str):
+    """``table[name.lower()]``, or UnknownModelError: "'x' is not WHAT. Did you mean ...? LISTING: a, b"."""
+    key = str(name).lower()
+    if key not in table:
+        raise UnknownModelError(f"'{name}' {what}.{suggest(key, table)} {listing}: {', '.join(sorted(table))}")
+    return table[key]
+
+
 def expect(name: str, expected: str, got: object) -> InputError:
     """The one template for argument errors: ``window must be an int in [1, 64]; got 0``."""
     return InputError(f"{name} must be {expected}; got {got!r}")

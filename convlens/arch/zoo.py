@@ -3,14 +3,22 @@
 ``create("vgg16")`` builds VGG-16 with torchvision's state_dict keys (``features.0.weight`` ...
 ``classifier.6.bias``), so a torchvision weight file loads with ``strict=True``;
 ``list_models("vgg*")`` lists names. Weights are random: nothing is downloaded.
+
+An architecture the grammar cannot write (EfficientNet-Lite0's inverted residual blocks) is
+registered with a ``factory`` that builds its ``nn.Module`` instead of a spec;
+``convlens.pretrained("efficientnet_lite0")`` gives it ImageNet weights.
 """
 from __future__ import annotations
 
 import fnmatch
 import re
 from dataclasses import dataclass
+from typing import Callable
 
-from ..errors import SpecError, UnknownModelError, suggest
+from torch import nn
+
+from ..errors import SpecError, UnknownModelError, lookup, suggest
+from .efficientnet import efficientnet_lite0
 from .grammar import GrammarNet, parse
 
 
@@ -23,6 +31,7 @@ class ZooEntry:
     naming: str = "caffe"
     layout: str = "named"
     paper: str = ""
+    factory: Callable[..., nn.Module] | None = None  # (num_classes=, input_shape=) -> module; spec unused
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
@@ -72,17 +81,15 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_entry(name: str) -> ZooEntry:
-    key = str(name).lower()
-    if key not in _REGISTRY:
-        raise UnknownModelError(f"'{name}' is not a zoo model.{suggest(key, _REGISTRY)} "
-                                f"Zoo models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[key]
+    return lookup(_REGISTRY, name, "is not a zoo model", "Zoo models")
 
 
 def create(name: str, *, num_classes: int | None = None,
-           input_shape: tuple[int, int, int] | None = None) -> GrammarNet:
+           input_shape: tuple[int, int, int] | None = None) -> GrammarNet | nn.Module:
     """Build zoo model ``name`` with random weights (its paper's input size unless given)."""
     e = get_entry(name)
+    if e.factory is not None:
+        return e.factory(num_classes=num_classes or e.num_classes, input_shape=input_shape or e.input_shape)
     spec = e.spec if num_classes is None else _resize_last_fc(e.spec, num_classes)
     return parse(spec, input_shape=input_shape or e.input_shape, num_classes=num_classes or e.num_classes,
                  naming=e.naming, layout=e.layout)
@@ -99,7 +106,7 @@ def is_zoo_name(name: str) -> bool:
 
 
 def build(name_or_spec: str, *, input_shape: tuple[int, int, int] | None = None,
-          num_classes: int | None = None) -> GrammarNet:
+          num_classes: int | None = None) -> GrammarNet | nn.Module:
     """A zoo model by name, or the network a grammar spec describes (input (3, 224, 224) unless given).
 
     A bare word close to a zoo name (``vggg16``) raises UnknownModelError with suggestions rather
@@ -126,3 +133,6 @@ register(ZooEntry(
 register(ZooEntry(
     "photosnet", "CONV9-48/2,RELU,POOL3/2,CONV3-96,BN,RELU,POOL2,CONV3-128,BN,RELU,GAP,FC-13,SOFTMAX", (3, 48, 48), 13,
     paper="convlens's natural-image model for the built-in photos data (convlens.training.fit.PHOTOS_RECIPE)"))
+register(ZooEntry(
+    "efficientnet_lite0", "", (3, 224, 224), 1000, factory=efficientnet_lite0,
+    paper="Tan & Le 2019, EfficientNet (Lite0: ReLU6, no squeeze-excitation; TensorFlow TPU models, 2020)"))

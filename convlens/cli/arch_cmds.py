@@ -30,10 +30,12 @@ def zoo_cmd(pattern: str = typer.Argument("*", help="Shell-style pattern, e.g. '
 
     from ..arch import zoo
 
-    for name in zoo.list_models(pattern):
+    names = zoo.list_models(pattern)
+    width = max((len(n) for n in names), default=0)
+    for name in names:
         entry = zoo.get_entry(name)
         with torch.device("meta"):  # count parameters without allocating them
             net = zoo.create(name)
         params = sum(p.numel() for p in net.parameters())
         c, h, w = entry.input_shape
-        typer.echo(f"{name:<11} {h}x{w}x{c:<4} {params:>13,} params  {entry.paper}")
+        typer.echo(f"{name:<{width}} {h}x{w}x{c:<4} {params:>13,} params  {entry.paper}")
