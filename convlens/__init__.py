@@ -36,6 +36,9 @@ _API = {
     "gradcheck": "convlens.training.gradcheck",
     "train": "convlens.training.fit",
     "load_run": "convlens.training.runs",
+    "wrap": "convlens.training.wrap",
+    "pretrained": "convlens.training.pretrained", "list_pretrained": "convlens.training.pretrained",
+    "imagenet_classes": "convlens.training.pretrained", "photo_batch": "convlens.data.resize",
     "evaluate": "convlens.training.evaluate",
     # insight
     "capture": "convlens.taps",
@@ -54,6 +57,7 @@ _API = {
     "diagnose_filters": "convlens.units.filters", "diagnose_weights": "convlens.units.filter_diagnosis",
     "FilterDiagnosis": "convlens.units.filter_diagnosis",
     "occlusion": "convlens.units.occlusion", "OcclusionMap": "convlens.units.occlusion",
+    "OcclusionMaps": "convlens.units.occlusion",
     "saliency": "convlens.units.backprop", "deconvnet": "convlens.units.backprop",
     "guided_backprop": "convlens.units.backprop", "segment": "convlens.units.segment",
     "top_patches": "convlens.units.patches", "TopPatches": "convlens.units.patches",
@@ -72,6 +76,7 @@ _API = {
     "export_projector": "convlens.codespace.projector", "ProjectorExport": "convlens.codespace.projector",
     # the results of a run
     "ResultStore": "convlens.results",
+    "report": "convlens.reporting",
     # runtime
     "keep_heap": "convlens.heap",
 }

@@ -73,9 +73,10 @@ import numpy as np
 import torch
 
 from ..errors import ConvLensError, InputError, expect
+from ..layers import model_label
 from ..inputs import as_images, forward_errors
 from .occlusion_bound import verify
-from .occlusion_map import OcclusionMap, load_maps, save_maps  # noqa: F401  (the result, re-exported)
+from .occlusion_map import OcclusionMap, OcclusionMaps, load_maps, save_maps  # noqa: F401  (the results, re-exported)
 
 METHODS = ("incremental", "full", "approximate")
 EXACT_TOL = 1e-4  # |delta probability| above which a re-checked position means the replay is wrong
@@ -87,7 +88,8 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
               baseline=None, layer: str | None = None, unit: int | None = None, *, batch_size: int = 32,
               method: str = "incremental", tau: float = 0.35, max_error: float = 0.02, rho: float = 0.75,
               check: int | None = None, progress: bool = False):
-    """Occlusion maps of one image (see the module docstring); a list of maps for an (N, C, H, W) batch.
+    """Occlusion maps of one image (see the module docstring); for an (N, C, H, W) batch, ``OcclusionMaps``
+    (one map per image, ``maps[i]``, plotted and saved together).
 
     ``model_or_run``: a Run or run directory (``x`` in [0, 1]) or an ``nn.Module`` (``x`` as it takes
     it). ``x``: (C, H, W) or (N, C, H, W). ``window`` defaults to a quarter of the shorter side, ``stride``
@@ -109,8 +111,8 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
     if len(images) > 1:
         targets = [None] * len(images) if target is None else target_indices(
             target, len(images), class_names=getattr(model, "class_names", None)).tolist()
-        return [occlusion(model, img, t, window, stride, baseline, layer, unit, **options)
-                for img, t in zip(images, targets)]
+        return OcclusionMaps(occlusion(model, img, t, window, stride, baseline, layer, unit, **options)
+                             for img, t in zip(images, targets))
     c, h, w = images.shape[1:]
     window = max(1, min(h, w) // 4) if window is None else window
     if not _is_int(window) or not 1 <= window <= min(h, w):
@@ -366,21 +368,22 @@ def _probabilities(out: torch.Tensor, as_probs: bool) -> torch.Tensor:
 def _label(model, run) -> str:
     if run is not None:
         return (run.manifest.get("arch") or {}).get("name") or str(run.dir or "run")
-    return type(model).__name__
+    return model_label(model)
 
 
 def default_layer(model) -> str | None:
     """The last convolution's feature maps: its lecture name's ReLU (``relu4`` for ``conv4``) when the model
-    has lecture names (grammar nets), else the last ``nn.Conv2d``'s path; None without convolutions."""
+    has lecture names (grammar nets), else the path of the last ``nn.Conv2d`` registered (as the user writes
+    it); None without convolutions."""
     from torch import nn
 
-    from ..layers import lecture_names
+    from ..layers import lecture_names, user_path
 
-    convs = [p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [user_path(model, p) for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         return None
     names = lecture_names(model)
-    name = {p: n for n, p in names.items()}.get(convs[-1])
+    name = {user_path(model, p): n for n, p in names.items()}.get(convs[-1])
     if name and name.startswith("conv") and "relu" + name[4:] in names:
         return "relu" + name[4:]
     return name or convs[-1]

@@ -130,6 +130,31 @@ class OcclusionMap:
         return to_png(self.plot())
 
 
+class OcclusionMaps(list):
+    """The occlusion maps of a batch, one ``OcclusionMap`` per image (``maps[i]``), drawn and saved
+    together: ``plot()`` stacks each image's three columns, ``save``/``load`` one JSON + one ``.npz``."""
+
+    def plot(self, **kwargs):
+        from ..plots.occlusion import occlusion_figure
+
+        return occlusion_figure(list(self), **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        return save_maps(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "OcclusionMaps":
+        return cls(load_maps(path))
+
+    def _repr_png_(self) -> bytes:
+        from ..plots.common import to_png
+
+        return to_png(self.plot())
+
+    def __repr__(self) -> str:
+        return f"OcclusionMaps({len(self)} images)\n" + "\n".join(repr(m) for m in self)
+
+
 def save_maps(maps, path: str | Path) -> Path:
     """Several maps in one JSON (``{"schema", "maps": [...]}``) plus one ``.npz`` (``image_<i>`` ...)."""
     from ..io import atomic_write_json, atomic_write_npz

@@ -169,6 +169,15 @@ class BackpropResult:
     def iou(self) -> np.ndarray | None:
         return None if self.true_masks is None else iou(self.masks, self.true_masks)
 
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i) -> "BackpropResult":
+        """Image ``i``'s views as a result of their own (``result[i].plot()``)."""
+        from ..batch import pick
+
+        return pick(self, i, listed=("indices",))
+
     def name(self, k: int) -> str:
         return self.class_names[k] if 0 <= k < len(self.class_names) else str(k)
 

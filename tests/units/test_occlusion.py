@@ -12,7 +12,7 @@ from torch import nn
 
 import convlens
 from convlens import InputError, LayerNotFoundError
-from convlens.units.occlusion import OcclusionMap, load_maps, occlusion
+from convlens.units.occlusion import OcclusionMap, OcclusionMaps, load_maps, occlusion
 
 from conftest import FIXTURE_MODELS
 
@@ -204,24 +204,31 @@ def test_approximate_mode_reports_its_error():
 
 
 def test_run_targets_by_name_batches_and_model_left_as_found(small_run):
-    model = small_run.pixel_model()
-    model.train()
-    for prm in list(model.parameters())[:2]:
-        prm.requires_grad_(False)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    grads = [p.requires_grad for p in model.parameters()]
-    x = _image((2, 1, 16, 16), seed=5)
-    maps = occlusion(small_run, x, target="7", window=6, stride=5, layer="conv2")
-    assert isinstance(maps, list) and len(maps) == 2 and all(m.target == 7 and m.name(7) == "7" for m in maps)
-    model.eval()
-    assert_matches(maps[1], model, x[1], 6, 5, 0.5, "net.features.conv2")  # a Run's default: the grey square
-    model.train()
-    with pytest.raises(InputError, match="unit"):
-        occlusion(small_run, x[0], window=6, stride=5, layer="conv2", unit=99)
-    assert all(m.training for m in model.modules())
-    assert [p.requires_grad for p in model.parameters()] == grads
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    model = small_run.pixel_model()  # the session's run: put back as found whatever happens below
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        model.train()
+        for prm in list(model.parameters())[:2]:
+            prm.requires_grad_(False)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        grads = [p.requires_grad for p in model.parameters()]
+        x = _image((2, 1, 16, 16), seed=5)
+        maps = occlusion(small_run, x, target="7", window=6, stride=5, layer="conv2")
+        assert isinstance(maps, OcclusionMaps) and len(maps) == 2
+        assert all(m.target == 7 and m.name(7) == "7" for m in maps)
+        model.eval()
+        assert_matches(maps[1], model, x[1], 6, 5, 0.5, "net.features.conv2")  # a Run's default: the grey square
+        model.train()
+        with pytest.raises(InputError, match="unit"):
+            occlusion(small_run, x[0], window=6, stride=5, layer="conv2", unit=99)
+        assert all(m.training for m in model.modules())
+        assert [p.requires_grad for p in model.parameters()] == grads
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    finally:
+        model.eval()
+        for prm, flag in zip(model.parameters(), flags):
+            prm.requires_grad_(flag)
 
 
 def test_result_save_load_repr_and_plot(tmp_path, gray_net):
@@ -263,8 +270,8 @@ def test_cli_saves_maps_and_report_section_reads_them(small_run, tmp_path, capsy
     import shutil
 
     from convlens.cli import main
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.occlusion import occlusion as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.occlusion import occlusion as section
 
     run = tmp_path / "run"
     shutil.copytree(small_run.dir, run, ignore=shutil.ignore_patterns("results", "report"))
@@ -285,8 +292,8 @@ def test_cli_saves_maps_and_report_section_reads_them(small_run, tmp_path, capsy
 def test_report_states_the_approximate_bound(small_run, tmp_path):
     import shutil
 
-    from convlens.report.context import ReportContext
-    from convlens.report.sections.occlusion import occlusion as section
+    from convlens.reporting.context import ReportContext
+    from convlens.reporting.sections.occlusion import occlusion as section
     from convlens.units.occlusion import save_maps
 
     run = tmp_path / "run"
