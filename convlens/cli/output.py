@@ -39,6 +39,15 @@ def warn_missed(what: str, result) -> int:
     return len(missed)
 
 
+def warn_unwrapped(source, run) -> None:
+    """A warning on stderr when a command is given a model file rather than a run directory: nothing then says
+    what normalization and input size the model expects, so images go in as they are."""
+    if getattr(run, "dir", None) is None and run.mean.abs().max() == 0 and (run.std == 1).all():
+        typer.echo(f"warning: {source} is a model file, not a run directory: no normalization or input size is "
+                   "known, so images go in as they are; record them with `convlens wrap "
+                   f"{source} --out RUN --input HxWxC --mean m1,m2,m3 --std s1,s2,s3`", err=True)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell, indented by two spaces: the first left-aligned, the rest right-aligned."""
     widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]

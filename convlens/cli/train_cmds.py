@@ -9,7 +9,7 @@ import typer
 
 from .app import app
 from .options import ON_ERROR, SPLIT, check_data_options
-from .output import echo_saved, train_progress
+from .output import echo_saved, train_progress, warn_unwrapped
 
 
 @app.command("train")
@@ -91,6 +91,7 @@ def evaluate_cmd(
 
     check_data_options(split, on_error)
     loaded = load_run(run, arch=arch) if arch else load_run(run)
+    warn_unwrapped(run, loaded)
     result = evaluate(loaded, data, split=split, on_error=None if on_error == "raise" else on_error, k=k,
                       batch_size=batch_size)
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))

@@ -56,6 +56,9 @@ def wrap_cmd(
                                        "test split, used by evaluate, the report and every analysis (or a built-in "
                                        "dataset name)."),
     on_error: str = ON_ERROR,
+    pretrained: bool = typer.Option(False, "--pretrained", help="SOURCE names a model with ImageNet weights that "
+                                    "ship with convlens's dependencies (efficientnet_lite0): its weights, class names "
+                                    "and normalization come with it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
 ) -> None:
     """Make a run directory for a model convlens did not train, so that every command works on it.
@@ -68,7 +71,7 @@ def wrap_cmd(
 
     run = wrap(source, out, weights=weights, input_shape=parse_input_size(input), class_names=parse_classes(classes),
                mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"), data=data, on_error=on_error,
-               overwrite=overwrite)
+               pretrained=pretrained, overwrite=overwrite)
     typer.echo(repr(run))
     data_info = (run.manifest.get("data") or {}).get("test") or {}
     if data_info:

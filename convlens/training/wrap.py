@@ -53,7 +53,7 @@ def read_class_names(path: str | Path) -> list[str]:
 def wrap(source, out: str | Path, *, arch=None, weights: str | Path | None = None,
          input_shape: Sequence[int] | None = None, class_names: Sequence[str] | int | str | Path | None = None,
          mean: Sequence[float] | None = None, std: Sequence[float] | None = None, data=None,
-         on_error: str = "raise", overwrite: bool = False, device=None) -> Run:
+         on_error: str = "raise", pretrained: bool = False, overwrite: bool = False, device=None) -> Run:
     """Write the run directory ``out`` for the model ``source`` (see the module docstring) and return it.
 
     ``class_names``: names, a count, or a text file (one name per line); by default the data's class
@@ -61,12 +61,19 @@ def wrap(source, out: str | Path, *, arch=None, weights: str | Path | None = Non
     sub-folder per class (all of its images are the run's test split; ``train/`` and ``test/``
     sub-folders are used as such) or a built-in dataset name; ``on_error="skip"`` leaves out files that
     are not images (a README.txt), recorded so that every command skips them too. ``mean``/``std``: the normalization the
-    model expects of [0, 1] pixels (default none). ``overwrite`` replaces an existing run in ``out``.
+    model expects of [0, 1] pixels (default none). ``pretrained``: ``source`` names a pretrained model
+    (``convlens.pretrained``): its weights, class names and normalization are the defaults.
+    ``overwrite`` replaces an existing run in ``out``.
     """
     out = Path(out)
     if isinstance(class_names, (str, Path)):
         class_names = read_class_names(class_names)
-    run = load_run(source, arch=arch, weights=weights, input_shape=input_shape, mean=mean, std=std, device=device)
+    if pretrained:
+        run = _pretrained(source, arch, weights, input_shape, mean, std, device)
+        class_names = run.class_names if class_names is None else class_names
+    else:
+        run = load_run(source, arch=arch, weights=weights, input_shape=input_shape, mean=mean, std=std,
+                       device=device)
     label = run.manifest["arch"].get("class") or type(run.model).__name__
     if run.input_shape is None:
         raise InputError(f"input_shape must be given for {source} ({label} does not say what it takes): "
@@ -101,6 +108,17 @@ def wrap(source, out: str | Path, *, arch=None, weights: str | Path | None = Non
     wrapped = load_run(out, arch=instance, device=device)
     _same_outputs(run, wrapped, out)
     return wrapped
+
+
+def _pretrained(name, arch, weights, input_shape, mean, std, device) -> Run:
+    from .pretrained import pretrained
+
+    given = {"arch": arch, "weights": weights, "--input": input_shape, "--mean": mean, "--std": std}
+    extra = [k for k, v in given.items() if v is not None]
+    if extra:
+        raise InputError(f"{', '.join(extra)} must not be given with --pretrained: {name}'s architecture, weights, "
+                         "input size and normalization come with it")
+    return pretrained(str(name), device=device)
 
 
 # ---- checks -----------------------------------------------------------------------------------------------

@@ -237,3 +237,26 @@ def test_receptive_fields_analytic_equal_probe():
         h, w, _ = rows[layer].output_shape
         for pos in ((0, 0), (h - 1, w - 1)):
             assert rows[layer].geometry.box(*pos, size[1:]) == receptive_field(net, layer, pos, size, method="probe")
+
+
+def test_wrap_pretrained_makes_a_run_that_classifies_the_photos_from_its_own_folder(tmp_path, capsys):
+    """`convlens wrap efficientnet_lite0 --pretrained --out RUN --data DIR`: the run rebuilds the network and loads
+    its copy of the weights; evaluating a folder of the photos (named by what each shows) scores them all."""
+    from PIL import Image
+
+    data = tmp_path / "photos"
+    for name, (load, expected) in PHOTOS.items():
+        (data / expected[0]).mkdir(parents=True)
+        Image.fromarray(load()).save(data / expected[0] / f"{name}.png")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["wrap", "efficientnet_lite0", "--pretrained", "--out", str(out), "--data", str(data)])
+        raise SystemExit(0)
+    assert info.value.code == 0, capsys.readouterr().err
+    wrapped = convlens.load_run(out)
+    assert wrapped.manifest["arch"]["source"]["kind"] == "pretrained" and len(wrapped.class_names) == 1000
+    ev = convlens.evaluate(wrapped)
+    assert ev.n == len(PHOTOS) and ev.top5_error == 0  # each photo's first expected class is in its top 5
+    with pytest.raises(SystemExit):
+        main(["wrap", "efficientnet_lite0", "--pretrained", "--out", str(tmp_path / "x"), "--mean", "0.5"])
+    assert "--mean must not be given with --pretrained" in capsys.readouterr().err
