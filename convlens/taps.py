@@ -264,9 +264,15 @@ def activations(model: nn.Module, x: torch.Tensor, layers: str | Iterable[str], 
 # ---- TorchScript: compiled code that no hook or TorchFunctionMode sees into -------------------------
 
 def scripted_path(model: nn.Module) -> str | None:
-    """The path of the first TorchScript module in ``model`` ('' for the model itself), or None."""
+    """The path of the first TorchScript module in ``model`` as the user writes it ('' for the model itself,
+    also when it is a Run's whole net), or None."""
+    from .layers import user_prefix
+
     model = as_module(model)
-    return next((path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    found = next((path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if found is not None and found + "." == user_prefix(model):
+        return ""  # the user's whole model (a Run's net): "the model is TorchScript"
+    return None if found is None else user_path(model, found)
 
 
 def resolve_hookable(model: nn.Module, name: str) -> tuple[str, nn.Module]:
@@ -287,9 +293,10 @@ def no_layer_error(model: nn.Module, scripted_why: str, message: str) -> InputEr
 def torchscript_error(path: str, why: str) -> InputError:
     """The one TorchScript refusal: ``the model's module 'path' is TorchScript, and <why>; <what to do>``."""
     what = f"the model's module {path!r}" if path else "the model"
-    return InputError(f"{what} is TorchScript, and {why}; pass the model's eager nn.Module instead, or "
-                      "load the weights into its Python class (convlens.load_run(weights_file, arch=YourModel()); "
-                      "a scripted model's state_dict() fits its class)")
+    return InputError(f"{what} is TorchScript, and {why}; pass the model's eager nn.Module instead, export it "
+                      "with torch.export.save (a .pt2 works with every method), or load the weights into its Python "
+                      "class (convlens.load_run(weights_file, arch=YourModel()); a scripted model's state_dict() fits "
+                      "its class)")
 
 
 # ---- feeding a model: shared by dataset-wide methods (features, health) ---------------------------

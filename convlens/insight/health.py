@@ -204,8 +204,11 @@ def default_layers(model: nn.Module) -> list[str]:
     picked = [p for p, m in mods if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
               and not (linears and p == linears[-1])]
     if not picked:
-        raise InputError(f"layers must be given for this {model_label(model)}: it has no ReLU-like, conv or "
-                         "hidden fc layers to measure; got None")
+        from ..taps import no_layer_error
+
+        raise no_layer_error(model, "TorchScript has no forward hooks to measure its layers with",
+                             f"layers must be given for this {model_label(model)}: it has no ReLU-like, conv or "
+                             "hidden fc layers to measure; got None")
     return [shown[p] for p in picked]
 
 

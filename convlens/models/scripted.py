@@ -5,7 +5,7 @@ refuse a scripted model with an error naming it (``taps.torchscript_error``): de
 backprop, layer taps and what builds on them (top patches, CNN codes, inversion, layer objectives,
 health, probes, invariance per layer), receptive fields and summaries. Saliency, occlusion (by full
 forwards), evaluation, class models, adversarial and fooling images need only the forward and its
-gradient, and work. For every method, export the model with ``torch.export`` (``.pt2``) instead.
+gradient, and filters only the weights (a compiled ``Conv2d`` keeps them): these work. For every method, export the model with ``torch.export`` (``.pt2``) instead.
 """
 from __future__ import annotations
 

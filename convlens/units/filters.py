@@ -31,7 +31,16 @@ def conv_layers(model: nn.Module) -> list[tuple[str, str, nn.Conv2d]]:
     from ..layers import display_names
 
     shown = display_names(model)
-    return [(shown.get(p, p), p, m) for p, m in model.named_modules() if p and isinstance(m, nn.Conv2d)]
+    return [(shown.get(p, p), p, m) for p, m in model.named_modules() if p and is_conv2d(m)]
+
+
+def is_conv2d(m: nn.Module) -> bool:
+    """An ``nn.Conv2d``, or a TorchScript module compiled from one (filters need only its weights, which
+    TorchScript keeps)."""
+    if isinstance(m, nn.Conv2d):
+        return True
+    return isinstance(m, torch.jit.ScriptModule) and getattr(m, "original_name", "") == "Conv2d" and \
+        getattr(m, "weight", None) is not None and m.weight.dim() == 4
 
 
 def diagnose_filters(model_or_run, *, thresholds: dict | None = None) -> list[FilterDiagnosis]:
@@ -135,7 +144,7 @@ def filters(model_or_run, layer: str | None = None, *, thresholds: dict | None =
             raise expect("layer", "a layer name (str) such as 'conv1'", layer)
         path, module = resolve(model, layer)
         path = user_path(model, path)
-        if not isinstance(module, nn.Conv2d):
+        if not is_conv2d(module):
             names = ", ".join(n for n, _, _ in convs)
             raise InputError(f"layer must be a Conv2d to show its filters; {layer!r} is a {type(module).__name__}. "
                              f"Conv layers: {names}")
