@@ -10,6 +10,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -241,8 +242,15 @@ def test_torchscript_is_kept_and_the_methods_that_need_hooks_say_why_they_refuse
     run = convlens.load_run(tmp_path / "m.ts", input_shape=eager.input_shape)
     x = torch.rand(2, *eager.input_shape)
     torch.testing.assert_close(convlens.saliency(run.model, x, 0), convlens.saliency(eager, x, 0))
-    with pytest.raises(ConvLensError, match="TorchScript"):
-        convlens.deconvnet(run.model, x, 0)
+    with pytest.raises(ConvLensError, match="the model is TorchScript.*torch.export.save"):
+        convlens.deconvnet(run, x, 0)
+    scripted, plain = convlens.filters(run), convlens.filters(eager)  # the weights are all filters need
+    assert scripted.path == plain.path == "stem"
+    np.testing.assert_array_equal(scripted.weights, plain.weights)
+    for method in (lambda: convlens.health(run, (x, torch.zeros(2, dtype=torch.long))),
+                   lambda: convlens.top_patches(run, (x, torch.zeros(2, dtype=torch.long)))):
+        with pytest.raises(ConvLensError, match="the model is TorchScript, and TorchScript has no forward hooks"):
+            method()
 
 
 # ---- convlens wrap ------------------------------------------------------------------------------------------
