@@ -1,4 +1,4 @@
-"""Backprop visualizations: one modified-gradient core, three rules for the ReLU.
+"""Backprop visualizations: one modified-gradient core, three rules for the ReLU (and ReLU6).
 
 * ``saliency(model, x, target)`` -> (N, H, W): Simonyan, Vedaldi & Zisserman, "Deep Inside
   Convolutional Networks: Visualising Image Classification Models and Saliency Maps", ICLR workshop
@@ -26,13 +26,42 @@ in the paper: the projection is linear in a positive seed, so this only divides 
 by that (positive) activation, which per-image display normalization hides anyway. A map that is
 <= 0 everywhere for an image (a silent unit) still projects from its first argmax.
 
+ReLU6 and other clamps. ReLU6 (MobileNet, EfficientNet-Lite) is ``clamp(x, 0, 6)``: a ReLU with a
+second kink where it saturates. A clamp ``min(max(x, 0), hi)`` whose lower bound is **0** (``hi`` > 0,
+or none) is a *capped rectifier*, and the two rules extend to it as follows (``g``: the incoming
+signal, ``x``: the clamp's forward input):
+
+* deconvnet: ``relu(g)``, as for the ReLU. Zeiler & Fergus's backward path takes nothing from the
+  forward pass but the max-pooling switches: at a rectifier it rectifies the signal going down ("the
+  reconstructions ... also should be positive") whatever the unit did. A unit saturated at ``hi`` is
+  a strongly active one, and its reconstruction should show what drove it; zeroing it there would
+  bring back a forward mask, which is what the deconvnet does not use. (A consequence: in a network
+  without max pooling, such as EfficientNet-Lite, a class-score deconvnet projection does not depend
+  on the image at all, the known weakness of deconvnets without switches, Mahendran & Vedaldi,
+  "Salient deconvolutional networks", ECCV 2016.)
+* guided backprop: ``g * (0 < x < hi) * (g > 0)``. Springenberg et al. define it as the gradient
+  masked where *either* backprop or the deconvnet would block the signal; backprop's mask at a clamp
+  is the clamp's own local derivative, 1 strictly inside ``(0, hi)``; the deconvnet's is ``g > 0``.
+  At the kinks themselves (``x`` exactly 0 or ``hi``) the mask is 0, as the guided ReLU's ``x > 0``
+  (PyTorch's own derivative there is 0 for ``hardtanh``/``relu6`` and 1 for ``clamp``).
+* saliency keeps the plain gradient, ``g * (local derivative)``, as for every op.
+
+So ``guided = deconvnet * (0 < x < hi)``, the same relation as for the ReLU, and ``clamp(x, min=0)``
+(no upper bound) gets exactly the ReLU rules. Clamps whose lower bound is not 0 (``hardtanh``'s
+default ``(-1, 1)``, ``clamp(x, -1, 1)``, ``clamp_max``), or is given as a tensor, are not
+rectifiers -- their output has both signs, like tanh -- and keep their plain gradient.
+
 How: during the forward a ``TorchFunctionMode`` routes every ReLU -- ``F.relu`` (what ``nn.ReLU``
 calls), ``torch.relu``, ``Tensor.relu``, and the in-place ``relu_`` / ``F.relu(inplace=True)`` --
-through an ``autograd.Function`` whose backward is the rule, so the model may call ReLU any way it
-likes (Captum's ``Deconvolution``/``GuidedBackprop`` hook ``nn.ReLU`` modules only and silently fall
-back to plain gradients for a functional ReLU). In-place ReLUs stay in place for the code after them.
-Other nonlinearities (leaky ReLU, ReLU6, ELU, GELU, SiLU, tanh, sigmoid, ``clamp(min=0)``) and
-everything else (BatchNorm, residual additions, average pooling) keep their plain gradient. The
+and every clamp with lower bound 0 -- ``F.relu6``, ``F.hardtanh`` (what ``nn.ReLU6`` and
+``nn.Hardtanh`` call), ``F.hardtanh_``, ``torch.clamp`` / ``clip`` / ``clamp_min`` and their
+``Tensor`` methods, each in place or not -- through an ``autograd.Function`` whose backward is the
+rule, so the model may call them any way it likes (Captum's ``Deconvolution``/``GuidedBackprop`` hook
+``nn.ReLU`` modules only and silently fall back to plain gradients for a functional ReLU or a ReLU6).
+In-place calls stay in place for the code after them, and the forward values are the original op's.
+Other nonlinearities (leaky ReLU, ELU, GELU, SiLU, tanh, sigmoid, the clamps above that are not
+rectifiers) and everything else (BatchNorm, residual additions, average pooling, depthwise
+convolutions) keep their plain gradient. The
 saliency rule ("gradient") needs no mode at all: it is the plain gradient. TorchScript code never
 calls back into Python, so no mode reaches a ReLU inside it: deconvnet and guided backprop refuse a
 model holding a TorchScript module (the model itself, a submodule, or the net of a Run loaded from a
@@ -72,47 +101,88 @@ RULES = ("gradient", "deconvnet", "guided")
 
 # ---- the ReLU rules ----------------------------------------------------------------------------------------
 
-class _DeconvReLU(torch.autograd.Function):
-    """Forward: ReLU. Backward: ReLU of the incoming signal, ignoring the forward mask (Zeiler & Fergus)."""
+class _Deconv(torch.autograd.Function):
+    """Forward: the rectifier ``run(x)`` (a ReLU, or a clamp with lower bound 0, upper bound ``hi``).
+    Backward: ReLU of the incoming signal, ignoring the forward (Zeiler & Fergus; module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, inplace: bool):
+    def forward(ctx, x, run, hi, inplace: bool):
         if inplace:
             ctx.mark_dirty(x)
-            return torch.relu_(x)
-        return torch.relu(x)
+        return run(x)  # the original op: its exact forward values, in place where it was
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.clamp_min(0), None
+        return grad.clamp_min(0), None, None, None
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """Forward: ReLU. Backward: the gradient where both the forward input and the gradient are positive."""
+class _Guided(torch.autograd.Function):
+    """Forward: as :class:`_Deconv`. Backward: the gradient where it is positive and the forward input was
+    strictly inside (0, hi) (Springenberg et al.; module docstring)."""
 
     @staticmethod
-    def forward(ctx, x, inplace: bool):
+    def forward(ctx, x, run, hi, inplace: bool):
         if inplace:
             ctx.mark_dirty(x)
-            out = torch.relu_(x)
-        else:
-            out = torch.relu(x)
-        ctx.save_for_backward(out)  # out > 0 exactly where the input was > 0 (what torch's relu saves too)
+        out = run(x)
+        ctx.save_for_backward(out)  # 0 < out < hi exactly where 0 < x < hi (what torch's relu saves too)
+        ctx.hi = hi
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0).clamp_min_(0), None  # one new tensor
+        grad = torch.ops.aten.threshold_backward(grad, out, 0).clamp_min_(0)  # one new tensor: (x > 0) (g > 0)
+        if ctx.hi is not None:
+            grad.masked_fill_(out >= ctx.hi, 0)                                 # saturated: x >= hi
+        return grad, None, None, None
 
 
-_FUNCTIONS = {"deconvnet": _DeconvReLU, "guided": _GuidedReLU}
+_FUNCTIONS = {"deconvnet": _Deconv, "guided": _Guided}
 _RELU = {F.relu, torch.relu, torch.Tensor.relu}
 _RELU_ = {torch.relu_, torch.Tensor.relu_}  # F.relu_ is torch.relu_
+# clamps: func -> (names of the bound arguments at positions 1, 2; default (lower, upper); in place (None:
+# its ``inplace`` argument says))
+_NN = torch._C._nn
+_CLAMPS = {
+    F.relu6: ((), (0.0, 6.0), None), _NN.relu6: ((), (0.0, 6.0), False), _NN.relu6_: ((), (0.0, 6.0), True),
+    F.hardtanh: (("min_val", "max_val"), (-1.0, 1.0), None),
+    _NN.hardtanh: (("min_val", "max_val"), (-1.0, 1.0), False),
+    _NN.hardtanh_: (("min_val", "max_val"), (-1.0, 1.0), True),  # F.hardtanh_
+    **{f: (("min", "max"), (None, None), False) for f in (torch.clamp, torch.Tensor.clamp, torch.clip,
+                                                           torch.Tensor.clip)},
+    **{f: (("min", "max"), (None, None), True) for f in (torch.clamp_, torch.Tensor.clamp_, torch.clip_,
+                                                          torch.Tensor.clip_)},
+    **{f: (("min",), (None, None), False) for f in (torch.clamp_min, torch.Tensor.clamp_min)},
+    **{f: (("min",), (None, None), True) for f in (torch.clamp_min_, torch.Tensor.clamp_min_)},
+}
+
+
+def _arg(args, kwargs, i: int, name: str, default):
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _rectifier(func, args, kwargs) -> tuple[float | None, bool] | None:
+    """(upper bound or None, in place) of a ReLU, or of a clamp whose lower bound is the number 0 (a
+    capped rectifier); None for any other clamp (lower bound not 0 or a tensor, upper bound <= 0)."""
+    if func in _RELU or func in _RELU_:
+        return None, func in _RELU_ or (func is F.relu and bool(_arg(args, kwargs, 1, "inplace", False)))
+    names, defaults, inplace = _CLAMPS[func]
+    lo, hi = (_arg(args, kwargs, 1 + i, names[i], d) if i < len(names) else d for i, d in enumerate(defaults))
+    if inplace is None:  # F.relu6 / F.hardtanh: their last argument
+        inplace = bool(_arg(args, kwargs, 1 + len(names), "inplace", False))
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not (number(lo) and lo == 0 and (hi is None or (number(hi) and hi > 0))):
+        return None
+    return (None if hi is None or hi == math.inf else float(hi)), inplace
 
 
 class _ReluRule(TorchFunctionMode):
-    """Route every ReLU of the forward through the rule's autograd.Function (see the module docstring)."""
+    """Route every ReLU, and every clamp with lower bound 0, of the forward through the rule's
+    autograd.Function (see the module docstring)."""
 
     def __init__(self, rule: str):
         super().__init__()
@@ -120,12 +190,15 @@ class _ReluRule(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELU or func in _RELU_:
+        if func in _RELU or func in _RELU_ or func in _CLAMPS:
             x = args[0] if args else kwargs.get("input")
-            if isinstance(x, torch.Tensor) and x.requires_grad:
-                inplace = func in _RELU_ or (func is F.relu and bool(args[1] if len(args) > 1
-                                                                     else kwargs.get("inplace", False)))
-                return self.function.apply(x, inplace)
+            found = _rectifier(func, args, kwargs) if isinstance(x, torch.Tensor) and x.requires_grad else None
+            if found is not None:
+                rest = {k: v for k, v in kwargs.items() if k != "input"}
+
+                def run(t):  # the original call on t
+                    return func(t, *args[1:], **rest)
+                return self.function.apply(x, run, *found)
         return func(*args, **kwargs)
 
 

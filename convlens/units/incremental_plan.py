@@ -4,6 +4,8 @@ position changes, and how each op of the recorded forward (:mod:`.opgraph`) is r
 Planned once for all positions, op by op: a convolution or pooling layer changes only the output
 units whose window touches the changed box of its input (the box grows by the kernel and shrinks by
 the stride): a ``"window"`` step, re-run on windows with the op's zero / -inf padding made explicit.
+A constant ``F.pad`` (TensorFlow's ``SAME`` padding, as ``TFSameConv2d`` pads before its convolution)
+is a window of one tap whose padding is its own widths, so it shifts the box and keeps it local.
 An element-wise op (ReLU, eval-mode BatchNorm, a residual add, concatenation along channels)
 changes the union of its inputs' boxes: a ``"pointwise"`` step. Any other op, and every op after a
 box covers ``rho`` of its map, is a ``"generic"`` step on whole maps. A box has one size per layer
@@ -30,10 +32,11 @@ from torch.utils._pytree import tree_unflatten
 from .opgraph import Graph, Op, Ref
 
 POINTWISE = {
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_", "gelu",
-    "silu", "mish", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "sigmoid", "sigmoid_", "tanh", "tanh_",
+    "relu", "relu_", "relu6", "relu6_", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "selu_", "celu", "celu_",
+    "gelu", "silu", "mish", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "sigmoid", "sigmoid_", "tanh", "tanh_",
     "softplus", "softsign", "logsigmoid", "threshold", "threshold_", "clamp", "clamp_", "clip", "clip_", "clamp_min",
-    "clamp_max", "abs", "abs_", "neg", "neg_", "exp", "exp_", "log", "log_", "sqrt", "sqrt_", "rsqrt", "square",
+    "clamp_min_", "clamp_max", "clamp_max_", "abs", "abs_", "neg", "neg_", "exp", "exp_", "log", "log_", "sqrt",
+    "sqrt_", "rsqrt", "square",
     "pow", "pow_", "sign", "erf", "expm1", "log1p", "reciprocal", "add", "add_", "sub", "sub_", "mul", "mul_", "div",
     "div_", "true_divide", "maximum", "minimum", "where", "gt", "lt", "ge", "le", "eq", "ne",
     "__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub__", "__mul__", "__rmul__", "__imul__",
@@ -189,6 +192,16 @@ class Plan:
             k = s = (n_in[0] // n_out[0], n_in[1] // n_out[1])
             run = lambda t, k=k: F.adaptive_avg_pool2d(t, (t.shape[-2] // k[0], t.shape[-1] // k[1]))  # noqa: E731
             p, d, fill = (0, 0), (1, 1), 0.0
+        elif name == "pad":  # constant padding (TensorFlow's SAME before a convolution): a 1-tap window
+            _, widths, mode, value = _bind(args, kwargs, ("input", "pad", "mode", "value"),
+                                           {"mode": "constant", "value": None})
+            widths = [int(v) for v in widths]
+            if mode != "constant" or len(widths) not in (2, 4) or min(widths) < 0:
+                return None  # reflect/replicate/circular padding copies pixels; a negative width crops
+            left, right, top, bottom = widths + [0] * (4 - len(widths))
+            k = s = d = (1, 1)
+            p, fill = (top, left), 0.0 if value is None else float(value)
+            run = lambda t: t  # noqa: E731  (the window, gathered with the fill around it, is the output)
         else:
             return None
         pad = []
