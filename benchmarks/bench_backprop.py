@@ -2,7 +2,9 @@
 
 Models: the demo run (``runs/demo``, shapesnet on shapes, 3x64x64) when it exists, else a shapesnet
 with random weights, at batch ``SHAPES_BATCH``; and ``convlens.create("vgg16")`` with random weights
-at 224x224, batch ``VGG_BATCH``. Every side gets the same images, per-image targets and model in eval
+at 224x224, batch ``VGG_BATCH``; and the pretrained EfficientNet-Lite0 on 8 photos (4 and their mirror
+images) at 224x224 (Captum's Deconvolution/GuidedBackprop hook nn.ReLU modules only, so on its ReLU6
+they time a plain gradient: the time is comparable, the maps are not). Every side gets the same images, per-image targets and model in eval
 mode, and ``torch.set_num_threads(THREADS)``.
 
 * bare: ``x.requires_grad_()``, ``model(x)``, the target scores summed, ``torch.autograd.grad(.., x)``
@@ -26,11 +28,13 @@ from .demo_model import demo_model
 THREADS = 2
 SHAPES_BATCH = 32
 VGG_BATCH = 2
-REPEATS = {"shapes": 7, "vgg16": 3}
+REPEATS = {"shapes": 7, "vgg16": 3, "efficientnet_lite0": 5}
 
 
 def _cases():
     import torch
+
+    import skimage.data
 
     import convlens
     from convlens import datasets
@@ -41,6 +45,12 @@ def _cases():
     torch.manual_seed(0)
     vgg = convlens.create("vgg16").eval()
     yield "vgg16", vgg, "vgg16 (random weights)", torch.rand(VGG_BATCH, 3, 224, 224), torch.arange(VGG_BATCH) * 7
+    run = convlens.pretrained()
+    photos = convlens.photo_batch([skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket(),
+                                   skimage.data.astronaut()])
+    x = torch.cat([photos, photos.flip(3)])                                       # (8, 3, 224, 224)
+    yield "efficientnet_lite0", run.pixel_model(), "efficientnet_lite0 (ImageNet weights)", x, \
+        torch.tensor([967, 281, 657, 834] * 2)
 
 
 def _median_times(fns: dict, repeats: int) -> dict:
