@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-stamp
 PIP     := $(BIN)/python -m pip install -q -c constraints.txt
 
-.PHONY: demo demo-model test bench install clean
+.PHONY: demo demo-imagenet demo-model test bench install clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/convlens demo
+
+# The lecture's visualizations of a real ImageNet network (pretrained, offline): runs/imagenet/report/report.html
+demo-imagenet: $(STAMP)
+	$(BIN)/convlens demo --imagenet
 
 # Some tests use the trained demo model: train it first when it is missing or unfinished (resumes).
 demo-model: $(STAMP)

@@ -35,11 +35,12 @@ STEPS: list[tuple[str, tuple[str, ...], str]] = [
 RESULTS = tuple(name for _, names, _ in STEPS for name in names)
 
 
-def run_steps(run, echo: Callable[[str], None] = print, *, force: bool = False) -> None:
+def run_steps(run, echo: Callable[[str], None] = print, *, force: bool = False,
+              steps: list[tuple[str, tuple[str, ...], str]] | None = None) -> None:
     """Run every step of ``run`` (a Run with a directory) whose default results are not all current (every
-    step with ``force``)."""
+    step with ``force``); ``steps`` in the form of ``STEPS`` (default: those)."""
     store = ResultStore.of(run)
-    for name, results, target in STEPS:
+    for name, results, target in STEPS if steps is None else steps:
         entries = [store.entry(result) for result in results]
         if not force and all(e is not None and e.state == CURRENT for e in entries):
             echo(f"  {name:<16} done before ({sum(e.seconds or 0 for e in entries):.1f} s)")
