@@ -156,3 +156,23 @@ def test_report_command_evaluates_on_the_data_given(tiny_run, tmp_path, capsys):
     labels = torch.tensor([tiny_run.class_names.index(names[k]) for k in test.labels.tolist()])
     assert '<div class="value">30</div><div class="label">test images</div>' in html
     assert f'<div class="value">{top1_error_text(tiny_run.pixel_model(), test.images, labels)}</div>' in html
+
+
+def test_evaluation_figures_of_a_1000_class_model_show_the_classes_present():
+    """An ImageNet model's report draws the classes that have test images or predictions, not 1,000 (whose
+    confusion-matrix canvas alone would exhaust memory); few classes are drawn whole."""
+    import numpy as np
+
+    from convlens.reporting.sections.evaluation import _present
+
+    names = [f"c{i}" for i in range(1000)]
+    confusion = np.zeros((1000, 1000), dtype=int)
+    confusion[3, 3], confusion[3, 917], confusion[500, 12] = 4, 1, 2   # true 3 and 500; predicted 3, 917, 12
+    per_class = {n: None for n in names}
+    per_class.update(c3=0.8, c500=0.0)
+    d = {"class_names": names, "confusion": confusion.tolist(), "per_class": per_class}
+    kept, matrix, shown, note = _present(d)
+    assert shown == ["c3", "c12", "c500", "c917"] and "4 of 1000" in note
+    assert np.asarray(matrix).sum() == confusion.sum() and kept == {"c3": 0.8, "c12": None, "c500": 0.0, "c917": None}
+    small = {"class_names": names[:10], "confusion": confusion[:10, :10].tolist(), "per_class": {}}
+    assert _present(small)[2] == names[:10] and _present(small)[3] == ""

@@ -26,10 +26,11 @@ def evaluation(ctx) -> Section | None:
             blocks.append(Figure(title.lower().replace(" ", "-"), to_png(fig),
                                  f"{title}, as on the lecture's ILSVRC slide: one test image per class "
                                  f"({'correctly classified' if title.startswith('Easiest') else 'misclassified, with the prediction'})."))
+    per_class, confusion, names, note = _present(d)
     blocks += [
-        Figure("per-class", to_png(per_class_accuracy(d["per_class"])), "Top-1 accuracy per class (red: below 90%)."),
-        Figure("confusion", to_png(confusion_matrix(d["confusion"], d["class_names"])),
-               "Confusion matrix: rows are true classes, columns predictions (counts printed)."),
+        Figure("per-class", to_png(per_class_accuracy(per_class)), f"Top-1 accuracy per class (red: below 90%){note}."),
+        Figure("confusion", to_png(confusion_matrix(confusion, names)),
+               f"Confusion matrix: rows are true classes, columns predictions (counts printed){note}."),
     ]
     if d["most_confused"]:
         blocks.append(Table(["true class", "predicted as", "images", "share of the class"],
@@ -38,3 +39,19 @@ def evaluation(ctx) -> Section | None:
     return Section("evaluation", "Evaluation", blocks,
                    intro="Top-k error as ILSVRC scores it: an image counts as correct at top-5 when the true "
                          "class is among the five highest scores.")
+
+
+def _present(d: dict):
+    """(per-class accuracy, confusion matrix, class names, caption note) restricted, for a model with many
+    classes (an ImageNet net: 1,000), to the classes that have test images or were predicted: a figure of
+    every class would be unreadable and its canvas would not fit in memory."""
+    import numpy as np
+
+    names, confusion = list(d["class_names"]), np.asarray(d["confusion"])
+    if len(names) <= 30:
+        return d["per_class"], d["confusion"], names, ""
+    keep = [i for i in range(len(names)) if confusion[i].sum() or confusion[:, i].sum()]
+    shown = [names[i] for i in keep]
+    note = f" (the {len(keep)} of {len(names)} classes that have test images or were predicted)"
+    per_class = {k: v for k, v in d["per_class"].items() if k in shown}
+    return per_class, confusion[np.ix_(keep, keep)].tolist(), shown, note
