@@ -5,7 +5,7 @@ wrapped (``convlens.wrap``) into a run directory, ``runs/imagenet``, whose test 
 224x224 crops of five photos bundled with scikit-image, one sub-folder per ImageNet class the photo shows
 (``PHOTOS``; ``runs/imagenet-photos``, written first). Then each step below computes one analysis with
 settings sized for 224x224 images on two CPU cores (``DEMO``; why each, beside it) and saves it in the
-run's results store, where the report finds it (:func:`write_report`):
+run's results store, where the report (``convlens.report``) finds it:
 
 * filters of the first layer; top-9 patches of three blocks over the crops;
 * saliency maps with their GrabCut masks (Simonyan et al. 2014, Sec. 3) of the centre crop of each photo;
@@ -284,64 +284,10 @@ def imagenet_demo(out: str | Path = "runs/imagenet", *, analyses: bool = True, f
     if analyses:
         echo(f"\nanalyses (results in {saved.parent}; current ones are skipped):")
         run_steps(run, echo=echo, force=force, steps=STEPS)
-    path = write_report(run)
+    from ..reporting import report
+
+    path = report(run)
     echo(f"\nreport: {path.resolve()}")
     echo(f"figures: {path.parent.resolve() / 'figures'}")
     echo(f"total {time.perf_counter() - t0:.1f} s")
     return path
-
-
-# ---- the report ---------------------------------------------------------------------------------------------
-
-def write_report(run) -> Path:
-    """``convlens.report(run)`` with its evaluation section replaced by :func:`evaluation_section`.
-
-    The report's own evaluation section draws a confusion matrix and a per-class bar for every class of
-    the model: for 1000 classes a 500 x 500 inch figure, which needs more memory than a laptop has (it
-    was killed at 24 GB). Until it draws only the classes of the data, the demo shows the same numbers
-    as tables.
-    """
-    from ..errors import ConvLensError
-    from ..layers import model_label
-    from ..reporting import ReportContext
-    from ..reporting.blocks import Section, Text
-    from ..reporting.page import write_page
-    from ..reporting.registry import all_sections
-
-    out = Path(run.dir) / "report"
-    ctx = ReportContext(run, out)
-    sections = []
-    for spec in all_sections():
-        try:
-            sec = evaluation_section(ctx) if spec.id == "evaluation" else spec.build(ctx)
-        except ConvLensError as err:  # as convlens.report: say what went wrong in place of the section
-            sec = Section(spec.id, spec.id.replace("-", " ").capitalize(), [Text(f"Not available: {err}")])
-        if sec is not None:
-            sections.append(sec)
-    source = (run.manifest.get("data") or {}).get("source", "")
-    return write_page(sections, out, title=Path(run.dir).name,
-                      subtitle=f"{model_label(run.model)} ({NAME}, ImageNet-1k weights), test images {source}")
-
-
-def evaluation_section(ctx):
-    """Top-1/top-5 error on the crops, accuracy per class of the data, the most confused pairs (tables)."""
-    from ..reporting.blocks import Metrics, Section, Table
-
-    d = ctx.result("evaluation")
-    if d is None:
-        return None
-    shown = {name: a for name, a in d["per_class"].items() if a is not None}  # the data's classes
-    metrics = {"test images": f"{d['n']:,}", "top-1 error": f"{100 * d['top1_error']:.2f}%",
-               "top-5 error": f"{100 * d['top5_error']:.2f}%",
-               "classes": f"{len(shown)} of the model's {d['num_classes']}"}
-    blocks = [Metrics(metrics),
-              Table(["class", "top-1 accuracy"], [[n, f"{100 * a:.1f}%"] for n, a in sorted(shown.items())],
-                    caption="Per class of the test images: the share of its crops classified as it")]
-    if d["most_confused"]:
-        blocks.append(Table(["true class", "predicted as", "images", "share of the class"],
-                            [[r["true"], r["predicted"], r["count"], f"{100 * r['fraction']:.1f}%"]
-                             for r in d["most_confused"]], caption="Most-confused pairs"))
-    return Section("evaluation", "Evaluation", blocks,
-                   intro="Top-k error as ILSVRC scores it, on crops of the photos: a crop of a photo's background "
-                         "still counts as the photo's class, so these errors are higher than on ImageNet's own "
-                         "centred images.")
