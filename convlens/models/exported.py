@@ -26,6 +26,7 @@ with a dynamic batch.
 from __future__ import annotations
 
 import contextlib
+import operator
 import pickle
 import warnings
 import zipfile
@@ -203,14 +204,8 @@ def _shape_check(p: Path, facts: dict):
 
 def _compute_node(graph):
     """The one op of a leaf's graph (None when there is not exactly one)."""
-    ops = [n for n in graph.nodes if n.op == "call_function" and n.target is not _getitem()]
+    ops = [n for n in graph.nodes if n.op == "call_function" and n.target is not operator.getitem]
     return ops[0] if len(ops) == 1 else None
-
-
-def _getitem():
-    import operator
-
-    return operator.getitem
 
 
 def _arg(node, i: int, name: str, default):

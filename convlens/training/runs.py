@@ -194,7 +194,7 @@ def load_run(source, *, arch: str | nn.Module | None = None, weights: str | Path
     if device is not None or not keep_device:
         net = net.to(device or "cpu")
     shape = _input_shape(input_shape, net, facts)
-    names, count = _class_names(class_names)
+    names, count = class_name_list(class_names)
     m, s = _norm(mean, std, shape[0] if shape else None)
     manifest = {"format": RUN_FORMAT, "status": "loaded", "source_file": str(source) if p is not None else None,
                 "arch": {"source": record, "spec": record.get("spec"), "input_shape": list(shape) if shape else None,
@@ -217,7 +217,7 @@ def _input_shape(given, net: nn.Module, facts: dict) -> tuple[int, int, int] | N
     return shape
 
 
-def _class_names(class_names) -> tuple[list[str] | None, int | None]:
+def class_name_list(class_names) -> tuple[list[str] | None, int | None]:
     """(names or None, count or None) from names, a count, or None."""
     if class_names is None:
         return None, None

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import InputError, RunError
 from ..io import atomic_write_json, save_tensors
-from .runs import MANIFEST, RUN_FORMAT, WEIGHTS, Run, load_run, output_count
+from .runs import MANIFEST, RUN_FORMAT, WEIGHTS, Run, class_name_list, load_run, output_count
 
 __all__ = ["wrap", "read_class_names"]
 
@@ -152,12 +152,10 @@ def _names(class_names, dataset, n_out: int, label: str) -> list[str] | None:
         if class_names != n_out:
             raise InputError(f"--classes {class_names}: {label} gives {n_out} scores per image")
         return None
-    names = [str(c) for c in class_names]
-    if len(names) != n_out:
+    names, count = class_name_list(class_names)  # non-empty and distinct
+    if count != n_out:
         raise InputError(f"the class names must number as many as the model's outputs: {label} gives {n_out} "
-                         f"scores; got {len(names)} names")
-    if len(set(names)) != len(names):
-        raise InputError(f"class names must be distinct; got {next(c for c in names if names.count(c) > 1)!r} twice")
+                         f"scores; got {count} names")
     if data_names is not None:
         unknown = [c for c in data_names if c not in names]
         if unknown:
