@@ -132,10 +132,11 @@ class _Guided(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        grad = torch.ops.aten.threshold_backward(grad, out, 0).clamp_min_(0)  # one new tensor: (x > 0) (g > 0)
-        if ctx.hi is not None:
-            grad.masked_fill_(out >= ctx.hi, 0)                                 # saturated: x >= hi
-        return grad, None, None, None
+        if ctx.hi is None:   # (x > 0) (g > 0): one new tensor, rectified in place
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
+        else:                # (0 < x < hi) (g > 0): hardtanh's own backward zeroes out <= 0 and out >= hi
+            grad = torch.ops.aten.hardtanh_backward(grad, out, 0, ctx.hi)
+        return grad.clamp_min_(0), None, None, None
 
 
 _FUNCTIONS = {"deconvnet": _Deconv, "guided": _Guided}
