@@ -16,3 +16,4 @@ from . import occlusion_cmds  # noqa: F401  occlusion
 from . import inversion_cmds  # noqa: F401  invert
 from . import adversarial_cmds  # noqa: F401  adversarial
 from . import codes_cmds  # noqa: F401  codes, neighbors, tsne
+from . import serve_cmd  # noqa: F401  serve

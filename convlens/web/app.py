@@ -1,0 +1,153 @@
+"""The explorer's ASGI app: ``create_app(run) -> Starlette``; ``serve(run, host, port)`` runs it on uvicorn.
+
+Every page is served as HTML and as its JSON twin under ``/api`` (see :mod:`convlens.web.pages`).
+Links are relative (``rel``: ``"./"`` on ``/``, ``"../"`` one level down, ...), so the app works under
+any proxy prefix or notebook port forwarding without being told the prefix; ``--root-path`` is passed
+to uvicorn for the ASGI ``root_path`` and is otherwise not needed. Static files come from the package's
+``static/`` folder only (Starlette's ``StaticFiles`` refuses paths outside it); every other file is served
+by an id that a page function checks against what the run has.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import ConvLensError, LayerNotFoundError
+from .errors import NotFound, WebError
+from .explorer import Explorer
+from .pages import MODULES, PAGES, RAW
+
+HERE = Path(__file__).parent
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def _plain(obj):
+    """JSON for what page dicts hold besides plain types: numpy scalars and arrays, tensors, paths."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def to_json(obj) -> str:
+    """Strict JSON (NaN and infinities become null)."""
+    return json.dumps(_finite(json.loads(json.dumps(obj, default=_plain))), allow_nan=False)
+
+
+class JSON(JSONResponse):
+    def render(self, content) -> bytes:
+        return to_json(content).encode()
+
+
+def rel(request: Request) -> str:
+    """The relative prefix from this page to the app's root: ``./`` on ``/``, ``../`` per level below."""
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    depth = path.count("/") - 1
+    return "../" * depth if depth > 0 else "./"
+
+
+def create_app(run, *, data: str | None = None) -> Starlette:
+    """The explorer of ``run`` (a run directory or a Run). ``data``: the images to show (default: the run's
+    test split)."""
+    for module in MODULES:
+        importlib.import_module(f"{__package__}.pages.{module}")
+    ex = run if isinstance(run, Explorer) else Explorer(run, data=data)
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["json"] = to_json
+
+    def html(request: Request, template: str, page: dict, status: int = 200) -> HTMLResponse:
+        text = env.get_template(template).render(page=page, rel=rel(request), run=ex.name, request=request)
+        return HTMLResponse(text, status_code=status)
+
+    def endpoints(p):
+        def as_html(request: Request):
+            return html(request, p.template, p.fn(ex, request))
+
+        def as_json(request: Request):
+            return JSON(p.fn(ex, request))
+        return as_html, as_json
+
+    routes = []
+    for p in PAGES:
+        as_html, as_json = endpoints(p)
+        routes += [Route(p.path, as_html, name=p.name), Route("/api" + p.path if p.path != "/" else "/api",
+                                                              as_json, name=f"api_{p.name}")]
+    for r in RAW:
+        routes.append(Route(r.path, (lambda fn: lambda request: fn(ex, request))(r.fn), name=r.name,
+                            methods=list(r.methods)))
+
+    def job_status(request: Request):
+        job = ex.jobs.get(request.path_params["id"])
+        if job is None:
+            raise NotFound(f"no job {request.path_params['id']!r} (jobs are kept while the server runs)")
+        return JSON(job.to_dict())
+
+    def jobs(request: Request):
+        return JSON({"jobs": [j.to_dict() for j in ex.jobs.all()]})
+
+    routes += [Route("/api/jobs/{id}", job_status, name="job"), Route("/api/jobs", jobs, name="jobs"),
+               Mount("/static", StaticFiles(directory=HERE / "static"), name="static")]
+
+    def error(request: Request, exc: Exception):
+        if isinstance(exc, HTTPException):
+            exc = (NotFound(f"no page {request.url.path!r}") if exc.status_code == 404 else
+                   WebError(str(exc.detail)) if exc.status_code < 500 else exc)
+        elif isinstance(exc, LayerNotFoundError):
+            exc = NotFound(str(exc))
+        elif isinstance(exc, ConvLensError):
+            exc = WebError(str(exc))
+        if not isinstance(exc, WebError):
+            exc.status_code = getattr(exc, "status_code", 500)
+            return Response(str(exc), status_code=exc.status_code)
+        path = request.scope["path"][len(request.scope.get("root_path", "")):]
+        if path.startswith("/api/") or path == "/api":
+            return JSON(exc.to_dict(), status_code=exc.status)
+        return html(request, "error.html", exc.to_dict()["error"], status=exc.status)
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: error, WebError: error,
+                                                       ConvLensError: error})
+    app.state.explorer = ex
+    return app
+
+
+def serve(run, *, host: str = "127.0.0.1", port: int = 8000, data: str | None = None, root_path: str = "",
+          log_level: str = "warning") -> None:
+    """Serve the explorer of ``run`` until interrupted (uvicorn)."""
+    import uvicorn
+
+    if host not in LOCAL:
+        warnings.warn(f"the explorer is bound to {host}, reachable from other machines: it serves your model, "
+                      "its data and uploads to anyone who can connect, without authentication", stacklevel=2)
+    app = create_app(run, data=data)
+    uvicorn.run(app, host=host, port=port, root_path=root_path, log_level=log_level)
