@@ -383,7 +383,7 @@ def top_projections(model, top, data, layer: str, unit: int, *, rule: str = "dec
     Each image is projected from unit ``unit`` of the module ``top`` read for ``layer``, seeded with 1
     at the very position that was ranked (``top.positions``), all else zero, then cropped with the
     same box as :meth:`TopPatches.crops` and, with ``pad``, placed the same way in a canvas of the
-    receptive-field size filled with 0. Returns (C, h, w) tensors, best first, on the CPU.
+    receptive-field size (at most the image's) filled with 0. Returns (C, h, w) tensors, best first, on the CPU.
     """
     model = _model(model)
     r = top.row(layer, unit)
@@ -403,14 +403,11 @@ def top_projections(model, top, data, layer: str, unit: int, *, rule: str = "dec
         return out
 
     proj = modified_gradient(model, images, seed, rule=rule, layer=top.paths[layer]).cpu()  # (m, C, H, W)
-    geo = top.fields.get(layer)
     out = []
-    for p, (t, lf, b, rt), pos in zip(proj, top.boxes[layer][r][keep], top.positions[layer][r][keep]):
+    for p, box, pos in zip(proj, top.boxes[layer][r][keep], top.positions[layer][r][keep]):
+        t, lf, b, rt = box
         crop = p[:, t:b, lf:rt]                                                # (C, h, w)
-        if pad and geo is not None:
-            top_, left = geo["start"][0] + int(pos[0]) * geo["jump"][0], geo["start"][1] + int(pos[1]) * geo["jump"][1]
-            canvas = torch.zeros((p.shape[0], *geo["rf"]), dtype=p.dtype)
-            canvas[:, t - top_:b - top_, lf - left:rt - left] = crop
-            crop = canvas
+        if pad and top.fields.get(layer) is not None:
+            crop = top.padded(layer, crop, box, pos, p.shape[1:], 0.0)         # placed as TopPatches.crops does
         out.append(crop)
     return out

@@ -85,6 +85,7 @@ class TopPatches:
     data: str = ""               # what the data was (its source)
     data_key: str = ""           # a fingerprint of the data (BatchSource.key), checked by crops()
     data_spec: dict | None = None  # datasets.load(**data_spec) rebuilds the data, when known
+    world_size: int = 1          # processes whose shards made it (merged)
 
     # ---- lookup ----------------------------------------------------------------------------------
     def row(self, layer: str, unit: int) -> int:
@@ -124,25 +125,38 @@ class TopPatches:
         A crop is the box: smaller than the receptive field where the field runs off the image.
         ``pad=True`` places it in a canvas of the full field size (``fields[layer]["rf"]``), filled
         with ``fill`` where the field lies outside the image (or outside what the layer sees), so that
-        every crop of a layer has one size and shows where the field sits; without known geometry
+        every crop of a layer has one size and shows where the field sits; along an axis where the field
+        is larger than the image (deep layers of an ImageNet net: 851 px on a 224 image) the canvas is the
+        image's extent instead, the crop at its place in the image. Without known geometry
         (``fields[layer]`` None) crops stay unpadded.
         """
         r = self.row(layer, unit)
         src = self.source(data)
         keep = self.indices[layer][r] >= 0
         images = src.take(self.indices[layer][r][keep])                    # (m, C, H, W)
-        geo = self.fields.get(layer)
         out = []
-        for img, (t, l, b, rr), pos in zip(images, self.boxes[layer][r][keep], self.positions[layer][r][keep]):
+        for img, box, pos in zip(images, self.boxes[layer][r][keep], self.positions[layer][r][keep]):
+            t, l, b, rr = box
             crop = img[:, t:b, l:rr]                                        # (C, h, w)
-            if pad and geo is not None:
-                top = geo["start"][0] + int(pos[0]) * geo["jump"][0]
-                left = geo["start"][1] + int(pos[1]) * geo["jump"][1]
-                canvas = torch.full((img.shape[0], *geo["rf"]), float(fill), dtype=img.dtype)
-                canvas[:, t - top:b - top, l - left:rr - left] = crop
-                crop = canvas
+            if pad and self.fields.get(layer) is not None:
+                crop = self.padded(layer, crop, box, pos, img.shape[1:], fill)
             out.append(crop)
         return out
+
+    def padded(self, layer: str, crop: torch.Tensor, box, pos, image_hw, fill: float) -> torch.Tensor:
+        """``crop`` (C, h, w), cut at ``box`` (top, left, bottom, right) for the unit at map position ``pos``,
+        in its canvas: the receptive field's size, or the image's extent along an axis where the field is
+        larger (see :meth:`crops`)."""
+        geo = self.fields[layer]
+        size, offset = [], []
+        for axis, lo in ((0, box[0]), (1, box[1])):
+            rf, extent = int(geo["rf"][axis]), int(image_hw[axis])
+            start = geo["start"][axis] + int(pos[axis]) * geo["jump"][axis]
+            size.append(rf if rf <= extent else extent)
+            offset.append(int(lo) - start if rf <= extent else int(lo))
+        canvas = torch.full((crop.shape[0], *size), float(fill), dtype=crop.dtype)
+        canvas[:, offset[0]:offset[0] + crop.shape[1], offset[1]:offset[1] + crop.shape[2]] = crop
+        return canvas
 
     # ---- figures ---------------------------------------------------------------------------------
     def plot(self, layer: str | Sequence[str], data, units: Sequence[int] | dict | None = None, *,
@@ -185,7 +199,7 @@ class TopPatches:
         d = {"schema": SCHEMA, "layers": list(self.layers), "k": self.k, "paths": dict(self.paths),
              "image_hw": list(self.image_hw), "n_images": self.n_images, "rows_mined": self.rows_mined,
              "model": self.model, "data": self.data, "data_key": self.data_key, "data_spec": self.data_spec,
-             "per_layer": {}}
+             "world_size": self.world_size, "per_layer": {}}
         for n in self.layers:
             best = self.values[n][:, 0] if self.k else np.zeros(0)
             d["per_layer"][n] = {"units": len(self.units[n]), "map_hw": list(self.map_hw.get(n, (1, 1))),
@@ -230,7 +244,7 @@ class TopPatches:
                    dict(d["paths"]), tuple(d["image_hw"]), {n: tuple(info[n]["map_hw"]) for n in names},
                    {n: info[n]["field"] for n in names}, {n: info[n]["box_method"] for n in names},
                    per["exact_values"], int(d["n_images"]), int(d["rows_mined"]), d.get("model", ""),
-                   d.get("data", ""), d.get("data_key", ""), d.get("data_spec"))
+                   d.get("data", ""), d.get("data_key", ""), d.get("data_spec"), int(d.get("world_size", 1)))
 
     @classmethod
     def merge(cls, parts: Sequence["TopPatches"]) -> "TopPatches":
@@ -255,7 +269,8 @@ class TopPatches:
         return cls(list(first.layers), first.k, merged["values"], merged["indices"], merged["positions"],
                    merged["boxes"], dict(first.units), dict(first.paths), first.image_hw, dict(first.map_hw),
                    dict(first.fields), dict(first.box_method), merged["exact_values"], first.n_images,
-                   sum(p.rows_mined for p in parts), first.model, first.data, first.data_key, first.data_spec)
+                   sum(p.rows_mined for p in parts), first.model, first.data, first.data_key, first.data_spec,
+                   sum(p.world_size for p in parts))
 
     def __repr__(self) -> str:
         head = (f"TopPatches(k={self.k}, {self.rows_mined} of {self.n_images} images"

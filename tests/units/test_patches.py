@@ -356,3 +356,23 @@ def test_two_gloo_processes(tmp_path):
         np.testing.assert_array_equal(layer2, whole.indices["layer2"])
         np.testing.assert_array_equal(fc, whole.exact_values["fc"])
         np.testing.assert_array_equal(boxes, whole.boxes["layer2"])
+
+
+def test_padding_stops_at_the_image_where_the_field_is_larger():
+    """A field larger than the image along an axis: the padded crop is the image's extent there, the crop at
+    its place in the image (the image itself shows through); along the other axis, the full field."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, (7, 3), padding=(3, 1)), nn.ReLU(),
+                          nn.Conv2d(3, 4, (7, 3), padding=(3, 1)), nn.ReLU()).eval()  # rf 13 x 5
+    x = torch.rand(6, 1, 10, 12)                                          # 10 rows < 13: rows capped
+    tp = top_patches(model, x, "3", k=3, progress=False)
+    assert tuple(tp.fields["3"]["rf"]) == (13, 5)
+    for unit in range(4):
+        plain, padded = tp.crops("3", unit, x), tp.crops("3", unit, x, pad=True, fill=float("nan"))
+        r = tp.row("3", unit)
+        for crop, canvas, box, i in zip(plain, padded, tp.boxes["3"][r], tp.indices["3"][r]):
+            t, lf, b, rt = (int(v) for v in box)
+            assert canvas.shape[1:] == (10, 5)
+            rows = canvas[0, :, ~torch.isnan(canvas[0]).all(0)]            # the columns the crop fills
+            assert torch.equal(rows[t:b], x[i, 0, t:b, lf:rt])             # rows at their place in the image
+            assert torch.isnan(canvas[0, :t]).all() and torch.isnan(canvas[0, b:]).all()
