@@ -10,8 +10,10 @@ by an id that a page function checks against what the run has.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -103,9 +105,16 @@ def create_app(run, *, data: str | None = None) -> Starlette:
         as_html, as_json = endpoints(p)
         routes += [Route(p.path, as_html, name=p.name), Route("/api" + p.path if p.path != "/" else "/api",
                                                               as_json, name=f"api_{p.name}")]
+
+    def raw_endpoint(fn):
+        if inspect.iscoroutinefunction(fn):  # a raw route that reads the request body as it streams (uploads)
+            async def endpoint(request):
+                return await fn(ex, request)
+            return endpoint
+        return lambda request: fn(ex, request)
+
     for r in RAW:
-        routes.append(Route(r.path, (lambda fn: lambda request: fn(ex, request))(r.fn), name=r.name,
-                            methods=list(r.methods)))
+        routes.append(Route(r.path, raw_endpoint(r.fn), name=r.name, methods=list(r.methods)))
 
     def job_status(request: Request):
         job = ex.jobs.get(request.path_params["id"])
@@ -151,3 +160,8 @@ def serve(run, *, host: str = "127.0.0.1", port: int = 8000, data: str | None = 
                       "its data and uploads to anyone who can connect, without authentication", stacklevel=2)
     app = create_app(run, data=data)
     uvicorn.run(app, host=host, port=port, root_path=root_path, log_level=log_level)
+    busy = [job for job in app.state.explorer.jobs.all() if job.state in ("queued", "running")]
+    if busy:  # a job thread inside torch cannot be stopped cleanly at interpreter exit: leave at once
+        print(f"stopped; {len(busy)} unfinished job(s) abandoned ({', '.join(j.title for j in busy)}): "
+              "nothing of theirs was saved, the next visit starts them again", flush=True)
+        os._exit(0)
