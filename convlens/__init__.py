@@ -40,6 +40,7 @@ _API = {
     "pretrained": "convlens.training.pretrained", "list_pretrained": "convlens.training.pretrained",
     "imagenet_classes": "convlens.training.pretrained", "photo_batch": "convlens.data.resize",
     "evaluate": "convlens.training.evaluate",
+    "human_vs_cnn": "convlens.training.human_vs_cnn", "HumanVsCNN": "convlens.training.human_vs_cnn",
     # insight
     "capture": "convlens.taps",
     "Activations": "convlens.taps",
@@ -60,11 +61,17 @@ _API = {
     "OcclusionMaps": "convlens.units.occlusion",
     "saliency": "convlens.units.backprop", "deconvnet": "convlens.units.backprop",
     "guided_backprop": "convlens.units.backprop", "segment": "convlens.units.segment",
+    "grad_cam": "convlens.units.gradcam", "guided_grad_cam": "convlens.units.gradcam",
+    "GradCAMResult": "convlens.units.gradcam", "smoothgrad": "convlens.units.attribution",
+    "integrated_gradients": "convlens.units.attribution", "IGResult": "convlens.units.attribution",
+    "sanity_check": "convlens.units.sanity", "SanityResult": "convlens.units.sanity",
     "top_patches": "convlens.units.patches", "TopPatches": "convlens.units.patches",
     # image optimization (class models, inversion, adversarial, fooling)
     "optimize": "convlens.synthesis.optimize", "OptimizedImage": "convlens.synthesis.optimize",
     "class_model": "convlens.synthesis.class_model", "fooling_image": "convlens.synthesis.fooling",
     "invert": "convlens.synthesis.inversion",
+    "optimal_stimuli": "convlens.synthesis.optimal_stimuli", "OptimalStimuli": "convlens.synthesis.optimal_stimuli",
+    "hessian_invariances": "convlens.synthesis.invariances", "HessianInvariances": "convlens.synthesis.invariances",
     "adversarial": "convlens.synthesis.adversarial", "AdversarialResult": "convlens.synthesis.adversarial",
     # the CNN code space
     "codes": "convlens.codespace.codes", "Codes": "convlens.codespace.codes",
@@ -76,6 +83,7 @@ _API = {
     "export_projector": "convlens.codespace.projector", "ProjectorExport": "convlens.codespace.projector",
     # the results of a run
     "ResultStore": "convlens.results",
+    "LabelStore": "convlens.results.labels",
     "report": "convlens.reporting",
     # runtime
     "keep_heap": "convlens.heap",

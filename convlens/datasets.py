@@ -2,7 +2,7 @@
 
 - ``load(name_or_path, split="train", *, size=None, n=None, seed=0, channels=None,
   on_error="raise", lazy=None) -> ImageDataset``: built-ins by name (``names()``: shapes,
-  digits, photos) or user data by path (image folder, MNIST IDX, CIFAR python batches).
+  digits, photos, fashion) or user data by path (image folder, MNIST IDX, CIFAR python batches).
 - ``load_image(path, *, size=None, channels=3) -> Tensor (C, H, W)`` in [0, 1].
 - ``describe_split(ds)``: which images of its source a loaded dataset holds, in words (the held-out
   20 % of a folder without train/ and test/ sub-folders, a test/ sub-folder, all images).

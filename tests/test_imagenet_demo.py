@@ -26,7 +26,9 @@ TINY = {
     "filters": dict(),
     "top-9 patches": dict(layers=["_blocks.2"]),
     "saliency": dict(photos=["camera"]),
+    "attribution": dict(photos=["camera"], samples=2, steps=2),
     "occlusion": dict(photos=["rocket"], window=96, stride=64),
+    "sanity checks": dict(photos=["camera"], methods=["saliency", "gradcam"], max_steps=2, samples=2, steps=2),
     "class models": dict(classes=["lemon"], steps=15),
     "inversion": dict(photo="camera", layers=["_relu0"], steps=40),
     "adversarial": dict(photos=["camera"], steps=10),
@@ -158,6 +160,6 @@ def test_demo_resumes_and_reports_every_step(run, capsys):
     assert out.count("done before") == len(D.STEPS) and "top-1 error" in out
     html = (run.dir / "report" / "report.html").read_text(encoding="utf-8")
     for section in ("evaluation", "filters", "patches", "saliency", "occlusion", "class_model", "inversion",
-                    "adversarial", "fooling"):
+                    "adversarial", "fooling", "attribution", "sanity"):
         assert f'<section id="{section}"' in html
     assert "1000" in html and "lemon" in html and "ostrich" in html

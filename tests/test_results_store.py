@@ -264,7 +264,9 @@ COMMANDS = {"evaluation": "evaluate", "health": "health", "probe": "probe", "inv
             "occlusion": "occlusion", "class-model": "class-model", "unit-model": "class-model",
             "fooling-gradient": "fooling", "fooling-evolution": "fooling", "inversion": "invert",
             "inversion-quadrants": "invert", "adversarial": "adversarial", "fgsm-sweep": "adversarial",
-            "codes-agreement": "codes", "codes-neighbors": "neighbors", "codes-tsne": "tsne"}
+            "codes-agreement": "codes", "codes-neighbors": "neighbors", "codes-tsne": "tsne",
+            "top-projections": "precompute", "attribution": "saliency", "sanity": "sanity",
+            "optimal-stimuli": "invariances", "hessian-invariances": "invariances"}
 
 
 @pytest.mark.parametrize("name", sorted(ANALYSES))

@@ -79,9 +79,11 @@ def geometry_of(t) -> Geometry | None:
 
 
 def trace(model: nn.Module, input_size: tuple[int, int, int], *, batch_size: int = 1,
-          dtype: torch.dtype = torch.float32) -> Trace:
+          dtype: torch.dtype = torch.float32, containers: bool = False) -> Trace:
     """Trace ``model`` on a meta input of ``(batch_size, *input_size)``, or on a real batch of one where the
-    forward needs real tensors (see the module docstring); the model is left exactly as found."""
+    forward needs real tensors (see the module docstring); the model is left exactly as found. With
+    ``containers``, the calls of modules that have children are recorded too (each when it returns, so a
+    block comes after its layers; its ``output`` is the very tensor object it returned)."""
     scripted = scripted_path(model)
     if scripted is not None:
         raise torchscript_error(scripted, "no hook and no TorchFunctionMode sees into its compiled code, which "
@@ -89,14 +91,14 @@ def trace(model: nn.Module, input_size: tuple[int, int, int], *, batch_size: int
     state = module_state(model, lambda name, t: _meta(t, dtype))
     x = _tagged(torch.empty(batch_size, *input_size, device="meta", dtype=dtype))  # (N, C, H, W)
     try:
-        return Trace(x, _run(model, x, state), "")
+        return Trace(x, _run(model, x, state, containers), "")
     except _Failed as failed:
         if "meta" not in str(failed.__cause__).lower():  # the model's own error: it fails on real tensors too
             raise ShapeError(str(failed)) from failed.__cause__
-        return _real_trace(model, input_size, failed)
+        return _real_trace(model, input_size, failed, containers)
 
 
-def _real_trace(model: nn.Module, input_size, meta: _Failed) -> Trace:
+def _real_trace(model: nn.Module, input_size, meta: _Failed, containers: bool = False) -> Trace:
     """One real forward of a random batch of one, for a forward that failed on the meta device (``meta``)."""
     if any(t.is_meta for t in chain(model.parameters(), model.buffers())):
         raise ShapeError(f"{meta} (the forward needs real tensors, and this model's weights are on the meta "
@@ -105,7 +107,7 @@ def _real_trace(model: nn.Module, input_size, meta: _Failed) -> Trace:
     noise = torch.rand(1, *input_size, generator=torch.Generator().manual_seed(0))  # (1, C, H, W) in [0, 1)
     x = _tagged(noise.to(device=device, dtype=dtype))
     try:
-        calls = _run(model, x, None)
+        calls = _run(model, x, None, containers)
     except _Failed as failed:
         raise ShapeError(str(failed)) from failed.__cause__
     finally:
@@ -125,7 +127,7 @@ class _Failed(Exception):
         self.where, self.message = where, message
 
 
-def _run(model: nn.Module, x: torch.Tensor, state: dict | None) -> list[Call]:
+def _run(model: nn.Module, x: torch.Tensor, state: dict | None, containers: bool = False) -> list[Call]:
     """One hooked forward of ``x`` in eval mode under ``no_grad`` (with ``state`` swapped in when given);
     hooks removed and modes restored in every case."""
     calls: list[Call] = []
@@ -137,7 +139,7 @@ def _run(model: nn.Module, x: torch.Tensor, state: dict | None) -> list[Call]:
 
     def post_hook(module, args, output):
         path, _, inputs = stack.pop()
-        if not any(True for _ in module.children()):
+        if containers or not any(True for _ in module.children()):
             counts[id(module)] = counts.get(id(module), 0) + 1
             first = next((t for t in tree_leaves(output) if isinstance(t, torch.Tensor)), None)
             calls.append(Call(path, module, counts[id(module)], inputs, first))

@@ -11,7 +11,7 @@ from typer.exceptions import TyperException
 from ..errors import ConvLensError
 
 # Commands that keep what they finished (checkpoints, caches, done steps): run again, they resume.
-RESUMABLE = {"train", "demo", "ablate", "codes", "neighbors", "tsne"}
+RESUMABLE = {"train", "demo", "ablate", "codes", "neighbors", "tsne", "precompute"}
 
 
 class _Interrupted(Exception):

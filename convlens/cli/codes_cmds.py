@@ -5,7 +5,8 @@ Thin over convlens.codes / neighbors / tsne / tsne_grid / export_projector. Code
 after an interruption, reused by the next command while the run's weights and data are those it was
 made from; ``codes --force`` extracts again). Results for the report's "codes" section:
 ``RUN/results/codes-agreement.json``, ``codes-neighbors.json/.npz`` and ``codes-tsne.json/.npz``
-(with other options, beside them as ``<name>@<key>.*``).
+(with other options, beside them as ``<name>@<key>.*``). Under ``torchrun``, ``codes`` extracts a shard
+per process (each writes its shard of the cache) and rank 0 saves the agreement (launcher.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import typer
 from ..errors import InputError
 from ..results import ResultStore, saving
 from .app import app
+from .launcher import Launch, launched
 from .options import ON_ERROR, SPLIT, data_key, given_options, load_data
 from .output import echo_saved, show_progress
 
@@ -28,14 +30,17 @@ AGREEMENT, NEIGHBORS, TSNE = "codes-agreement", "codes-neighbors", "codes-tsne"
 
 # ---- shared steps (also used by demo_codes) -----------------------------------------------------------------
 
-def cached_codes(run, *, layer: str | None = None, pool: str | None = None, data: str | None = None,
-                 split: str = "test", on_error: str = "raise", out: Path | None = None, progress: bool = True):
-    """convlens.codes of the run's images (``data``, ``split``, ``on_error`` as the commands take them),
-    cached in ``out`` or else in :func:`cache_dir`."""
+def cached_codes(run, *, layer: str | None = None, pool: str | None = None, data=None,
+                 split: str = "test", on_error: str = "raise", out: Path | None = None, progress: bool = True,
+                 launch: Launch = Launch()):
+    """convlens.codes of the run's images (``data``, ``split``, ``on_error`` as the commands take them; ``data``
+    may be the images already loaded when ``out`` is given), cached in ``out`` or else in :func:`cache_dir`;
+    ``launch``: this process's shard."""
     from ..codespace.codes import codes
 
     folder = Path(out) if out is not None else cache_dir(run, layer, pool, data_key(data, split, on_error))
-    return codes(run, load_data(run, data, split, on_error), layer, pool=pool, out=folder, progress=progress)
+    return codes(run, load_data(run, data, split, on_error), layer, pool=pool, out=folder, progress=progress,
+                 **launch.shard)
 
 
 def cache_dir(run, layer, pool, data, *, force: bool = False) -> Path | None:
@@ -120,45 +125,25 @@ def save_tsne(run, code, *, options: dict | None = None, n: int = 5000, perplexi
     """t-SNE of (a seeded subset of n of) the codes, its grid, optional projector export, saved as the default
     result (or beside it with ``options``, the command's). Returns (TSNEResult, TSNEGrid or None,
     ProjectorExport or None, the JSON's path or None)."""
-    from ..codespace.codes import thumbnails
-    from ..codespace.projector import export_projector
-    from ..codespace.tsne import tsne
-    from ..codespace.tsne_grid import tsne_grid
+    from ..codespace.tsne_map import tsne_map
 
     if not isinstance(n, int) or n < 4:
         raise InputError(f"--n must be an int >= 4; got {n}")
+    shape = _grid_shape(grid, min(len(code), n))
     with saving(run, TSNE, options) as saver:
-        rows = np.arange(len(code))
-        if len(code) > n:
-            rows = np.sort(np.random.default_rng(seed).choice(len(code), n, replace=False))
-        sub = code.subset(rows)
-        result = tsne(sub, perplexity=perplexity, seed=seed, n_jobs=n_jobs)
-        shape = _grid_shape(grid, len(sub))
-        cells = None
-        if shape is not None:
-            m = min(len(sub), shape[0] * shape[1])
-            cells = tsne_grid(result.embedding[:m], *shape)
-        images = sub.images()  # (n, C, H, W)
-        exported = export_projector(sub, projector, images=images) if projector is not None else None
-        arrays = {"embedding": result.embedding, "indices": sub.indices, "thumbs": thumbnails(images, thumb)}
-        if sub.labels is not None:
-            arrays["labels"] = sub.labels
-        if cells is not None:
-            arrays["grid_cells"] = cells.cells
-        meta = result.to_dict()
-        meta["grid"] = None if cells is None else {"rows": cells.rows, "cols": cells.cols, "points": len(cells),
-                                                   "cost": cells.cost}
-        meta["projector"] = None if exported is None else str(exported.folder)
-        saver.save((meta, arrays))
-    return result, cells, exported, saver.path
+        made = tsne_map(code, n=n, perplexity=perplexity, seed=seed, grid=shape, thumb=thumb, n_jobs=n_jobs,
+                        projector=projector)
+        saver.save((made.meta, made.arrays))
+    return made.result, made.cells, made.exported, saver.path
 
 
 def _grid_shape(text: str, n: int) -> tuple[int, int] | None:
     if text in ("none", "off", ""):
         return None
     if text == "auto":
-        side = int(np.ceil(np.sqrt(min(n, 4096))))
-        return -(-min(n, 4096) // side), side
+        from ..codespace.tsne_map import auto_grid
+
+        return auto_grid(n)
     m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
     if not m or min(int(m.group(1)), int(m.group(2))) < 1:
         raise InputError(f"--grid must be ROWSxCOLS (e.g. 32x32), auto or none; got {text!r}")
@@ -199,20 +184,38 @@ def codes_cmd(ctx: typer.Context, run: Path = _RUN, layer: Optional[str] = _LAYE
               force: bool = typer.Option(False, "--force", help="Extract the codes again, even where cached."),
               as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
               quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
-    """Extract (and cache) the CNN codes of a run's images; neighbour label agreement per layer."""
+    """Extract (and cache) the CNN codes of a run's images; neighbour label agreement per layer.
+
+    Shards the images under torchrun (rank 0 saves and prints)."""
     from ..training.runs import load_run
-    from ..codespace.code_agreement import agreement_by_layer
 
     loaded = load_run(run)
-    folder = out or cache_dir(loaded, layer, pool, data_key(data, split, on_error), force=force)
-    code = cached_codes(loaded, layer=layer, pool=pool, data=data, split=split, on_error=on_error, out=folder,
-                        progress=show_progress(quiet))
+    with launched(loaded.device) as launch:
+        folder = out or launch.broadcast(  # rank 0 empties a cache of other weights or data; then all use it
+            cache_dir(loaded, layer, pool, data_key(data, split, on_error), force=force) if launch.leader else None)
+        code = cached_codes(loaded, layer=layer, pool=pool, data=data, split=split, on_error=on_error, out=folder,
+                            progress=show_progress(quiet), launch=launch)
+        result, path = save_agreement(loaded, code, options=given_options(ctx, AGREEMENT), k=k, metric=metric,
+                                      progress=show_progress(quiet), launch=launch) if agreement else (None, None)
+        _echo_codes(code, folder, result, path, as_json)
+
+
+def save_agreement(run, code, *, options: dict | None = None, k: int = 5, metric: str = "cosine",
+                   progress: bool = False, launch: Launch = Launch()):
+    """Neighbour label agreement per layer over ``code``'s images, saved as the default result (or beside it
+    with ``options``); ``launch``: this process's shard (rank 0 saves). Returns (it, the JSON's path or None)."""
+    from ..codespace.code_agreement import agreement_by_layer
+
+    with launch.saving(run, AGREEMENT, options) as saver:
+        result = agreement_by_layer(run, code.data, k=k, metric=metric, progress=progress, **launch.shard)
+        saver.save(result)
+    return result, saver.path
+
+
+def _echo_codes(code, folder, result, path, as_json: bool) -> None:
     saved = [f"{folder} (the codes)"] if folder else []
-    result = None
-    if agreement:
-        with saving(loaded, AGREEMENT, given_options(ctx, AGREEMENT)) as saver:
-            result = agreement_by_layer(loaded, code.data, k=k, metric=metric, progress=show_progress(quiet))
-            saved.append(saver.save(result))
+    if path is not None:
+        saved.append(path)
     if as_json:
         typer.echo(json.dumps({"codes": {**code.to_dict(), "folder": str(folder) if folder else None},
                                "agreement": result.to_dict() if result else None}, indent=2))

@@ -17,3 +17,6 @@ from . import inversion_cmds  # noqa: F401  invert
 from . import adversarial_cmds  # noqa: F401  adversarial
 from . import codes_cmds  # noqa: F401  codes, neighbors, tsne
 from . import serve_cmd  # noqa: F401  serve
+from . import precompute_cmd  # noqa: F401  precompute
+from . import sanity_cmd  # noqa: F401  sanity
+from . import invariances_cmds  # noqa: F401  invariances

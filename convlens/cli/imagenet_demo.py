@@ -9,7 +9,9 @@ run's results store, where the report (``convlens.report``) finds it:
 
 * filters of the first layer; top-9 patches of three blocks over the crops;
 * saliency maps with their GrabCut masks (Simonyan et al. 2014, Sec. 3) of the centre crop of each photo;
+* Grad-CAM, Grad-CAM++, guided Grad-CAM, SmoothGrad and Integrated Gradients of the same crops;
 * an occlusion triptych (Zeiler & Fergus 2014, Fig. 7) of two photos;
+* the sanity checks of every map (Adebayo et al. 2018): the network's layers re-initialized from the top;
 * class models of the lecture's twelve classes (Simonyan et al. 2014, Fig. 1);
 * reconstructions of one photo from six layers (Mahendran & Vedaldi 2015);
 * photos made into "ostrich" by Szegedy et al.'s box-constrained L-BFGS (2014, Fig. 5);
@@ -60,6 +62,12 @@ DEMO = dict(
     lbfgs_c=1.0,           # fixed: the line search on c (3+ runs) would triple the time
     fooling_steps=60,      # a budget: the ascent stops once every image is at 99.6% (about 20 steps)
     patch_layers=("_blocks.2", "_blocks.4", "_blocks.7"),  # receptive fields 19, 67 and 147 px: inside the crop
+    attribution_samples=25,  # SmoothGrad's noisy copies for the 5 saliency photos (half the paper's 50: as smooth)
+    attribution_steps=50,    # IG's Gauss-Legendre points: 0.6% / 2.2% completeness error on coffee / chelsea (20: 5% / 41%)
+    sanity_photos=("coffee", "camera"),
+    sanity_max_steps=8,      # EfficientNet-Lite0's 19 layers (fc, head, 16 blocks, stem) merged into 8 cascade steps
+    sanity_samples=10,       # SmoothGrad / IG inside the cascade: 9 models x 2 photos x every method
+    sanity_steps=10,
 )
 
 Step = tuple[str, tuple[str, ...], str]
@@ -68,7 +76,9 @@ STEPS: list[Step] = [
     ("filters", ("filters",), f"{_HERE}:demo_filters"),
     ("top-9 patches", ("top-patches",), f"{_HERE}:demo_patches"),
     ("saliency", ("saliency",), f"{_HERE}:demo_saliency"),
+    ("attribution", ("attribution",), f"{_HERE}:demo_attribution"),
     ("occlusion", ("occlusion",), f"{_HERE}:demo_occlusion"),
+    ("sanity checks", ("sanity",), f"{_HERE}:demo_sanity"),
     ("class models", ("class-model",), f"{_HERE}:demo_class_models"),
     ("inversion", ("inversion",), f"{_HERE}:demo_inversion"),
     ("adversarial", ("adversarial",), f"{_HERE}:demo_adversarial"),
@@ -186,6 +196,37 @@ def demo_saliency(run, *, photos=DEMO["saliency_photos"], iterations: int = 5) -
                          data="crops of scikit-image photos (centre crops)")
         saver.save(result)
         saver.figure(lambda: to_png(result.plot("saliency")), "-saliency")
+
+
+def demo_attribution(run, *, photos=DEMO["saliency_photos"], samples: int = DEMO["attribution_samples"],
+                     steps: int = DEMO["attribution_steps"]) -> None:
+    """Grad-CAM, Grad-CAM++, guided Grad-CAM, SmoothGrad and Integrated Gradients of the predicted class of each
+    photo's centre crop."""
+    from ..plots.common import to_png
+    from ..units.attribution_views import attribute
+
+    x, labels, rows = photo_rows(run, photos)
+    with saving(run, "attribution") as saver:
+        result = attribute(run, x, None, samples=samples, steps=steps, labels=labels, indices=rows,
+                           data="crops of scikit-image photos (centre crops)")
+        saver.save(result)
+        saver.figure(lambda: to_png(result.plot("all")), "-all")
+
+
+def demo_sanity(run, *, photos=DEMO["sanity_photos"], max_steps: int = DEMO["sanity_max_steps"],
+                samples: int = DEMO["sanity_samples"], steps: int = DEMO["sanity_steps"], methods=None) -> None:
+    """Adebayo et al.'s cascading randomization of every map of two photos' centre crops, for their true
+    class (no model trained on shuffled ImageNet labels: the data randomization test is left out)."""
+    from ..plots.common import to_png
+    from ..units.sanity import METHODS, sanity_check
+
+    x, labels, _ = photo_rows(run, photos)
+    with saving(run, "sanity") as saver:
+        result = sanity_check(run, x, labels, methods=tuple(methods or METHODS), max_steps=max_steps,
+                              samples=samples, steps=steps)
+        saver.save(result)
+        saver.figure(lambda: to_png(result.plot()))
+        saver.figure(lambda: to_png(result.plot_maps()), "-maps")
 
 
 def demo_occlusion(run, *, photos=DEMO["occlusion_photos"], window: int = DEMO["occlusion_window"],

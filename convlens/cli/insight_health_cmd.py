@@ -31,7 +31,6 @@ def health_cmd(
     on_error: str = ON_ERROR,
 ) -> None:
     """Sparsity, dead units, variance and correlation per layer: is training healthy? (exit 0 either way)"""
-    from ..insight.health import health
     from ..training.runs import load_run
 
     loaded = load_run(run)
@@ -41,9 +40,20 @@ def health_cmd(
 
         dataset = datasets.load(dataset, split="test")
     names = None if layers is None else [n.strip() for n in layers.split(",") if n.strip()]
-    with saving(loaded, "health", given_options(ctx, "health")) as saver:
-        result = health(loaded, dataset, layers=names, max_samples=max_samples, progress=show_progress(quiet))
-        saved = saver.save(result)
+    result, saved = compute(loaded, dataset, options=given_options(ctx, "health"), layers=names,
+                            max_samples=max_samples, progress=show_progress(quiet))
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
     if saved is not None:
         echo_saved(saved, as_json=as_json)
+
+
+def compute(run, dataset=None, *, options: dict | None = None, layers=None, max_samples: int = 1000,
+            progress: bool = False):
+    """``convlens.health`` of ``run`` on ``dataset`` (None: its test split), saved as the default result (or
+    beside it with ``options``, the command's); returns (the HealthReport, the JSON's path or None)."""
+    from ..insight.health import health
+
+    with saving(run, "health", options) as saver:
+        result = health(run, dataset, layers=layers, max_samples=max_samples, progress=progress)
+        saver.save(result)
+    return result, saver.path

@@ -2,7 +2,10 @@
 
 Saves ``RUN/results/top-patches.json`` and ``.npz`` (read by the report's "patches" section); with
 ``--layer``, ``--units``, ``--k`` or ``--data`` the result is kept beside it (``top-patches@<key>.*``).
-``demo_patches(run)`` computes the default result (called by ``convlens demo``).
+``demo_patches(run)`` computes the default result (called by ``convlens demo``); ``compute_projections``
+the deconvnet projections of every unit's top images (``RUN/results/top-projections.*``, by ``convlens
+precompute``). Under ``torchrun`` each
+process mines its shard of the images and rank 0 saves the whole (launcher.py).
 """
 from __future__ import annotations
 
@@ -13,23 +16,39 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from ..results import saving
 from .app import app
+from .launcher import Launch, launched
 from .options import ON_ERROR, SPLIT, given_options, load_data, require_run_dir
 from .output import echo_saved, show_progress
 
-RESULT = "top-patches"
+RESULT, PROJECTIONS = "top-patches", "top-projections"
 
 
 def compute(run, dataset=None, layers=None, *, options: dict | None = None, k: int = 9, units=None,
-            batch_size: int = 128, out: Path | None = None, progress: bool = False):
+            batch_size: int = 128, out: Path | None = None, progress: bool = False, launch: Launch = Launch()):
     """Top patches of ``run``, saved as the default result, or beside it with ``options`` (the command's, see
-    ``given_options``); returns (the result, the saved JSON's path or None)."""
+    ``given_options``); ``launch``: this process's shard (rank 0 saves). Returns (the result, the saved JSON's
+    path or None)."""
     from ..units.patches import top_patches
 
-    with saving(run, RESULT, options) as saver:
+    with launch.saving(run, RESULT, options) as saver:
         result = top_patches(run, dataset, layers, k=k, units=units, batch_size=batch_size, progress=progress,
-                             out=out)
+                             out=out, **launch.shard)
+        saver.save(result)
+    return result, saver.path
+
+
+def compute_projections(run, top, dataset=None, *, options: dict | None = None, progress: bool = False,
+                        launch: Launch = Launch()):
+    """The deconvnet projections of every unit's top images of ``top`` (mined on ``dataset``; None: the run's
+    test split), saved as "top-projections" (beside the default one with ``options``, those of ``top``);
+    ``launch``: this process's share of the units (rank 0 saves). Returns ((meta, arrays), the JSON's path)."""
+    from ..training.evaluate import run_test_data
+    from ..units.projection_sets import projection_sets
+
+    with launch.saving(run, PROJECTIONS, options) as saver:
+        result = projection_sets(run, top, run_test_data(run) if dataset is None else dataset, progress=progress,
+                                 **launch.shard)
         saver.save(result)
     return result, saver.path
 
@@ -52,22 +71,23 @@ def top_patches_cmd(
     on_error: str = ON_ERROR,
 ) -> None:
     """For every unit, the k test images that activate it most, where, and the receptive-field box (Zeiler & Fergus's
-    top-9 patches, R-CNN's top regions)."""
+    top-9 patches, R-CNN's top regions). Shards the images under torchrun (rank 0 saves and prints)."""
     from ..training.runs import load_run
 
     loaded = load_run(run)
-    dataset = load_data(loaded, data, split, on_error)
-    if isinstance(dataset, str):
-        from .. import datasets
+    with launched(loaded.device) as launch:
+        dataset = load_data(loaded, data, split, on_error)
+        if isinstance(dataset, str):
+            from .. import datasets
 
-        dataset = datasets.load(dataset, split="test")
-    names = [n.strip() for item in layer for n in item.split(",") if n.strip()] if layer else None
-    result, saved = compute(loaded, dataset, names, options=given_options(ctx, RESULT), k=k,
-                            units=_ints(units, "--units"), batch_size=batch_size, out=out,
-                            progress=show_progress(quiet))
-    typer.echo(json.dumps(result.to_dict(arrays=True), indent=2) if as_json else repr(result))
-    if saved is not None:
-        echo_saved(f"{saved} (+ .npz)", as_json=as_json)
+            dataset = datasets.load(dataset, split="test")
+        names = [n.strip() for item in layer for n in item.split(",") if n.strip()] if layer else None
+        result, saved = compute(loaded, dataset, names, options=given_options(ctx, RESULT), k=k,
+                                units=_ints(units, "--units"), batch_size=batch_size, out=out,
+                                progress=show_progress(quiet), launch=launch)
+        typer.echo(json.dumps(result.to_dict(arrays=True), indent=2) if as_json else repr(result))
+        if saved is not None:
+            echo_saved(f"{saved} (+ .npz)", as_json=as_json)
 
 
 def _ints(text: str | None, option: str) -> list[int] | None:

@@ -1,4 +1,7 @@
-"""`convlens train` and `convlens evaluate`: thin wrappers over convlens.train and convlens.evaluate."""
+"""`convlens train` and `convlens evaluate`: thin wrappers over convlens.train and convlens.evaluate.
+
+``convlens evaluate`` runs under ``torchrun`` too: each process scores its shard of the images and rank 0
+prints and writes ``--save`` (launcher.py). ``save_evaluation`` puts an evaluation in the results store."""
 from __future__ import annotations
 
 import json
@@ -8,6 +11,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from .launcher import Launch, launched
 from .options import ON_ERROR, SPLIT, check_data_options
 from .output import echo_saved, train_progress, warn_unwrapped
 
@@ -15,11 +19,12 @@ from .output import echo_saved, train_progress, warn_unwrapped
 @app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", help="Run directory to create, or to resume."),
-    arch: str = typer.Option("shapesnet", "--arch", help="Zoo name, grammar spec (last FC without a width), or your own model: "
-                                                        "path/to/file.py:factory or package.module:factory (imports and "
-                                                        "runs that code; the factory returns an nn.Module)."),
-    data: str = typer.Option("shapes", "--data", help="Dataset name (shapes, digits, photos) or path."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the demo recipe's)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo name, grammar spec (last FC without a width), or your own model: "
+                                                           "path/to/file.py:factory or package.module:factory (imports and "
+                                                           "runs that code; the factory returns an nn.Module). Default: the "
+                                                           "data's recipe (fashion: a small CNN), else shapesnet."),
+    data: str = typer.Option("shapes", "--data", help="Dataset name (shapes, digits, photos, fashion) or path."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the recipe's)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="sgd or adam."),
@@ -38,12 +43,14 @@ def train_cmd(
     """Train a network into a resumable run directory (re-run the same command to resume).
 
     Trains on the train split of --data and tests on its test split (no --split: training needs both)."""
-    from ..training.fit import train
+    from ..training.fit import recipe_for, train
 
     check_data_options("test", on_error)
     given = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                  weight_decay=weight_decay, schedule=schedule)
-    options = {k: v for k, v in given.items() if v is not None}
+    recipe = recipe_for(data) if arch is None else {}  # no --arch: the data's recipe (fit.RECIPES), else the demo's
+    arch = arch or recipe["arch"]
+    options = {**{k: recipe[k] for k in given if k in recipe}, **{k: v for k, v in given.items() if v is not None}}
     train_data, test_data = _train_data(data, on_error)
     run = train(arch, train_data, test_data=test_data, out=out, augment=augment, seed=seed, num_workers=workers,
                 device=device, overwrite=overwrite, **train_progress(quiet), **options)
@@ -85,17 +92,31 @@ def evaluate_cmd(
     """Top-1/top-k error, per-class accuracy, easiest/hardest classes, most-confused pairs.
 
     The first line says which images were scored: the split (for a folder without train/ and test/
-    sub-folders, the held-out 20% of each class unless --split all) and how many."""
+    sub-folders, the held-out 20% of each class unless --split all) and how many. Shards the images under
+    torchrun (rank 0 prints and saves)."""
     from ..training.evaluate import evaluate
     from ..training.runs import load_run
 
     check_data_options(split, on_error)
     loaded = load_run(run, arch=arch) if arch else load_run(run)
-    warn_unwrapped(run, loaded)
-    result = evaluate(loaded, data, split=split, on_error=None if on_error == "raise" else on_error, k=k,
-                      batch_size=batch_size)
-    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
-    if not as_json and result.split.startswith("held-out"):
-        typer.echo("(--split all scores every image of the folder)")
-    if save is not None:
-        echo_saved(result.save(save), as_json=as_json)
+    with launched(loaded.device) as launch:
+        warn_unwrapped(run, loaded)
+        result = evaluate(loaded, data, split=split, on_error=None if on_error == "raise" else on_error, k=k,
+                          batch_size=batch_size, **launch.shard)
+        typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else repr(result))
+        if not as_json and result.split.startswith("held-out"):
+            typer.echo("(--split all scores every image of the folder)")
+        if save is not None and launch.leader:
+            echo_saved(result.save(save), as_json=as_json)
+
+
+def save_evaluation(run, data=None, *, options: dict | None = None, launch: Launch = Launch()):
+    """``convlens.evaluate`` of ``run`` on ``data`` (None: its test split) saved in its results store as
+    "evaluation" (beside the default one with ``options``, e.g. ``{"data": "photos"}``); ``launch``: this
+    process's shard (rank 0 saves). Returns (the Evaluation, the JSON's path or None)."""
+    from ..training.evaluate import evaluate
+
+    with launch.saving(run, "evaluation", options) as saver:
+        result = evaluate(run, data, **launch.shard)
+        saver.save(result)
+    return result, saver.path

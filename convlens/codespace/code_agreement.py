@@ -39,6 +39,7 @@ class CodeAgreement:
     code_layer: str = ""          # which of ``layers`` is the CNN code
     model: str = ""
     data: str = ""
+    world_size: int = 1           # processes that shared the extraction
     schema: str = "convlens.code-agreement/1"
 
     def __repr__(self) -> str:
@@ -53,7 +54,7 @@ class CodeAgreement:
     def to_dict(self) -> dict:
         return {"schema": self.schema, "k": self.k, "metric": self.metric, "pool": self.pool, "n": self.n,
                 "chance": self.chance, "code_layer": self.code_layer, "model": self.model, "data": self.data,
-                "rows": [{"layer": name, "tapped": t, "dims": d, "agreement": a}
+                "world_size": self.world_size, "rows": [{"layer": name, "tapped": t, "dims": d, "agreement": a}
                          for name, t, d, a in zip(self.layers, self.tapped, self.dims, self.agreement)]}
 
     @classmethod
@@ -61,7 +62,8 @@ class CodeAgreement:
         rows = d["rows"]
         return cls(tuple(r["layer"] for r in rows), tuple(r["tapped"] for r in rows), tuple(int(r["dims"]) for r in rows),
                    tuple(float(r["agreement"]) for r in rows), int(d["k"]), d["metric"], d["pool"], int(d["n"]),
-                   float(d["chance"]), d.get("code_layer", ""), d.get("model", ""), d.get("data", ""))
+                   float(d["chance"]), d.get("code_layer", ""), d.get("model", ""), d.get("data", ""),
+                   int(d.get("world_size", 1)))
 
     def save(self, path: str | Path) -> Path:
         from ..io import atomic_write_json
@@ -86,19 +88,26 @@ def chance_agreement(labels: Sequence[int] | np.ndarray) -> float:
 
 def agreement_by_layer(model_or_run, data=None, layers: Sequence[str] | None = None, *, k: int = 5,
                        metric: str = "cosine", pool: str = "avg", pixels: bool = True, batch_size: int = 128,
-                       progress: bool = False) -> CodeAgreement:
+                       progress: bool = False, rank: int = 0, world_size: int = 1) -> CodeAgreement:
     """Neighbour label agreement at ``k`` for raw pixels, each layer and the CNN code (module docstring).
 
     ``layers``: default every conv/fc layer (a grammar net's read after its ReLU, as in
     ``convlens.probe``); ``data`` as for ``convlens.codes`` (default: a run's test split).
+    ``rank``/``world_size`` shard the extraction as ``convlens.features`` does; under torch.distributed
+    every rank then measures the agreement of the whole (the neighbours are not sharded).
     """
     from ..insight.features import features
     from ..insight.probes import choose_layers
+    from ..shards import check_shard, distributed
     from ..training.runs import model_and_run
     from ..taps import BatchSource, model_device
     from .codes import INPUT_SUFFIX, _data, _data_label, _model_label, code_layer, codes, pixel_codes
     from .neighbors import label_agreement
 
+    check_shard(rank, world_size)
+    if world_size > 1 and not distributed(world_size):
+        raise InputError(f"world_size must be 1 unless torch.distributed runs that many processes (torchrun): "
+                         f"the agreement needs every shard's codes; got {world_size}")
     model, run = model_and_run(model_or_run)
     data = _data(data, run)
     src = BatchSource(data)
@@ -112,13 +121,14 @@ def agreement_by_layer(model_or_run, data=None, layers: Sequence[str] | None = N
     shown, taps = choose_layers(model, layers)
     pairs = [(s, t) for s, t in zip(shown, taps) if t != code_tap]
     reads = [t for _, t in pairs] + ([] if code_tap.endswith(INPUT_SUFFIX) else [code_tap])
-    feats = features(model, data, reads, pool=pool, batch_size=batch_size, progress=progress) if reads else None
+    shard = {"rank": rank, "world_size": world_size}
+    feats = features(model, data, reads, pool=pool, batch_size=batch_size, progress=progress, **shard) if reads else None
     spaces = [(s, t, feats[t]) for s, t in pairs]
     shape = feats.shapes.get(code_tap) if feats is not None and code_tap in feats else None
     if shape is not None and (pool == "flat" or int(np.prod(shape[1:])) == 1):  # pooling changes nothing
         code_vec = feats[code_tap]
     else:  # the code read on its own pass, flattened exactly as the classifier sees it
-        code_vec = codes(model, data, code_tap, pool="flat", batch_size=batch_size, progress=progress).vectors
+        code_vec = codes(model, data, code_tap, pool="flat", batch_size=batch_size, progress=progress, **shard).vectors
     last_fc = next((i for i in range(len(spaces) - 1, -1, -1) if _is_linear(model, spaces[i][1])), None)
     at = last_fc if last_fc is not None and layers is None else len(spaces)  # the code just before the classifier
     spaces.insert(at, (code_name, code_tap, code_vec))
@@ -128,7 +138,8 @@ def agreement_by_layer(model_or_run, data=None, layers: Sequence[str] | None = N
     agreement = [label_agreement(vec, labels, k=k, metric=metric) for _, _, vec in spaces]
     return CodeAgreement(tuple(s for s, _, _ in spaces), tuple(t for _, t, _ in spaces),
                          tuple(int(v.shape[1]) for _, _, v in spaces), tuple(agreement), k, metric, pool,
-                         src.n, chance_agreement(labels), code_name, _model_label(model, run), _data_label(data))
+                         src.n, chance_agreement(labels), code_name, _model_label(model, run), _data_label(data),
+                         world_size)
 
 
 def _is_linear(model, name: str) -> bool:

@@ -1,4 +1,4 @@
-"""Datasets: built-ins (shapes, digits, photos) and user data (image folders, MNIST IDX, CIFAR
+"""Datasets: built-ins (shapes, digits, photos, fashion) and user data (image folders, MNIST IDX, CIFAR
 python batches), all returned as ``ImageDataset``.  The public face is ``convlens.datasets``."""
 from .dataset import ImageDataset, LazyImageDataset
 from .images import IMAGE_EXTENSIONS, load_image

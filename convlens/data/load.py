@@ -1,6 +1,7 @@
 """``load(name_or_path)``: one entry point for the built-in datasets and the user formats.
 
-Built-ins (offline, deterministic from ``seed``): ``shapes``, ``digits``, ``photos``.  A path
+Built-ins (offline, deterministic from ``seed``): ``shapes``, ``digits``, ``photos``, ``fashion`` (the real
+Fashion-MNIST of the Debian package ``dataset-fashion-mnist``).  A path
 is recognised by what it holds: a CIFAR python batch directory, MNIST IDX files (a directory
 or the images file), else an ImageFolder directory.
 
@@ -23,13 +24,14 @@ from .cifar import is_cifar, load_cifar
 from .dataset import (ImageDataset, as_size, balanced_pick, check_channels, check_n, convert_channels,
                       resize)
 from .digits import load_digits
+from .fashion import load_fashion
 from .folder import TEST_FRACTION, load_folder
 from .mnist import is_mnist, load_mnist
 from .photos import load_photos
 from .shapes import load_shapes
 
 BUILTINS: dict[str, Callable[..., ImageDataset]] = {
-    "shapes": load_shapes, "digits": load_digits, "photos": load_photos,
+    "shapes": load_shapes, "digits": load_digits, "photos": load_photos, "fashion": load_fashion,
 }
 
 

@@ -17,7 +17,8 @@ size may round differently, by ~1e-7).
 **Resume.** With ``out=`` a folder, arrays are ``.npy`` memmaps there; after each batch the rows
 are flushed and ``progress.json`` is replaced atomically, so a later call with the same arguments
 (model weights, data, layers, pool, batch size, world size) skips the rows already done; other
-arguments on the same folder raise InputError rather than mixing.
+arguments on the same folder raise InputError rather than mixing. A complete folder of the same arguments made
+by another number of processes (``world_size``) is read back as it is.
 
 **Sharding.** With ``rank``/``world_size`` each process takes a contiguous run of whole batches
 (``shard_bounds``) and returns (with ``out``: writes) only that shard; ``Features.merge(parts)`` or
@@ -43,6 +44,7 @@ from torch import nn
 from ..errors import DataError, InputError, expect
 from ..io import atomic_write_json, read_json
 from ..inputs import as_images, forward_errors
+from ..shards import gathered, shard_bounds
 from ..taps import BatchSource, _names, capture, eval_mode, model_device
 
 POOLS = ("max", "avg", "flat")
@@ -190,11 +192,15 @@ def features(model: nn.Module, data, layers: str | Sequence[str], *, pool: str =
     tap = capture(model, names, stop_at_last=True,  # resolves the names before anything else
                   transform={n: _pooler(pool, n, shapes) for n in names})
     paths = dict(tap.acts.paths)
-    store = _Store(Path(out), names, rows, rank, world_size) if out is not None else _Memory(names, rows)
     if out is not None:
         key = {"layers": [paths[n] for n in names], "pool": pool, "n": src.n, "batch_size": batch_size,
                "model": _model_key(model),
                "data": src.key(), "preprocess": _callable_name(preprocess)}
+        done = _done_by_others(Path(out), key, names, world_size)
+        if done is not None:
+            return done
+    store = _Store(Path(out), names, rows, rank, world_size) if out is not None else _Memory(names, rows)
+    if out is not None:
         _write_manifest(Path(out), key=key, names=names, paths=paths, pool=pool, n=src.n, world_size=world_size,
                         class_names=src.class_names, has_labels=src.labels is not None)
     store.begin(np.arange(lo, hi, dtype=np.int64), _labels_or_empty(src.labels[lo:hi] if src.labels is not None
@@ -217,13 +223,6 @@ def features(model: nn.Module, data, layers: str | Sequence[str], *, pool: str =
             bar.update(b1 - b0)
     result = store.result(pool, paths, src.class_names, src.labels is not None)
     return _gather(result, out, world_size)
-
-
-def shard_bounds(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[lo, hi) rows of shard ``rank``: a contiguous run of whole batches (the last batch may be short)."""
-    batches = -(-n // batch_size)
-    return (min(n, batches * rank // world_size * batch_size),
-            min(n, batches * (rank + 1) // world_size * batch_size))
 
 
 def _pooler(pool: str, name: str, shapes: dict):
@@ -270,6 +269,22 @@ def _labels_or_empty(labels, n: int) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64) if labels is not None else np.zeros(0, dtype=np.int64)
 
 
+def _done_by_others(folder: Path, key: dict, names: list[str], world_size: int) -> Features | None:
+    """The whole of a complete extraction of these same arguments in ``folder`` made by another number of
+    processes (a cache filled under torchrun, read by one process, or the other way round); None when
+    there is none (an incomplete one of another world size is refused by ``_write_manifest``)."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return None
+    man = read_json(path)
+    if man.get("key") != key or man.get("layers") != list(names) or man.get("world_size") == world_size:
+        return None
+    try:
+        return Features.load(folder)
+    except DataError:
+        return None
+
+
 def _gather(result: Features, out, world_size: int) -> Features:
     """The whole when torch.distributed runs ``world_size`` ranks; this shard otherwise."""
     dist = torch.distributed
@@ -278,9 +293,7 @@ def _gather(result: Features, out, world_size: int) -> Features:
     if out is not None:
         dist.barrier()
         return Features.load(out)
-    parts: list = [None] * world_size
-    dist.all_gather_object(parts, result)
-    return Features.merge(parts)
+    return Features.merge(gathered(result, world_size))
 
 
 # ---- stores: in memory, or resumable on disk ------------------------------------------------------

@@ -6,6 +6,10 @@ scores, as in Russakovsky et al. 2015, "ImageNet Large Scale Visual Recognition 
 fewer than k classes every class is among the top k, so top-k error is 0), per-class accuracy,
 the easiest and hardest classes (the lecture's slide, with example images of each), the confusion
 matrix (rows: true class, columns: predicted) and its most-confused pairs.
+
+**Sharding.** With ``rank``/``world_size`` each process scores a contiguous run of whole batches
+(``convlens.shards``); under ``torch.distributed`` at that world size every rank gets the whole (the
+parts gathered in image order, equal to one process), else its shard (``Evaluation.merge`` joins shards).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class Evaluation:
     model: str = ""
     examples: int = field(default=5, repr=False)
     split: str = ""  # which images of the source, in words (datasets.describe_split)
+    world_size: int = 1  # processes whose shards made it (merged)
 
     @property
     def n(self) -> int:
@@ -116,13 +121,24 @@ class Evaluation:
         accuracy = self.per_class_accuracy.tolist()
         per_class = {name: (None if a != a else a) for name, a in zip(self.class_names, accuracy)}  # NaN -> null
         out = {"n": self.n, "k": self.k, "num_classes": self.num_classes, "source": self.source, "split": self.split,
-               "model": self.model, "top1_error": self.top1_error}
+               "model": self.model, "world_size": self.world_size, "top1_error": self.top1_error}
         if self.k >= 5:
             out["top5_error"] = self.top5_error
         out[f"top{self.k}_error"] = self.top_error(self.k)
         out.update(per_class=per_class, class_names=self.class_names, confusion=self.confusion.tolist(),
                    most_confused=self.most_confused(), easiest=self.easiest(), hardest=self.hardest())
         return out
+
+    @classmethod
+    def merge(cls, parts: Sequence["Evaluation"]) -> "Evaluation":
+        """Shards of one evaluation, in image order (rank order) -> the whole."""
+        parts = list(parts)
+        if not parts or not all(isinstance(p, cls) for p in parts):
+            raise expect("parts", "a non-empty list of Evaluation", parts)
+        first, scored = parts[0], [p for p in parts if p.n] or parts[:1]  # an empty shard's topk has no width
+        return cls(first.class_names, torch.cat([p.labels for p in scored]), torch.cat([p.topk for p in scored]),
+                   k=first.k, source=first.source, model=first.model, examples=first.examples, split=first.split,
+                   world_size=sum(p.world_size for p in parts))
 
     def save(self, path: str | Path) -> Path:
         """Write ``to_dict()`` as JSON (atomically; missing parent folders are created)."""
@@ -154,7 +170,8 @@ class Evaluation:
 
 
 def evaluate(run_or_model, data=None, *, split: str = "test", on_error: str | None = None, batch_size: int = 256,
-             k: int = 5, class_names: Sequence[str] | None = None, examples: int = 5) -> Evaluation:
+             k: int = 5, class_names: Sequence[str] | None = None, examples: int = 5, rank: int = 0,
+             world_size: int = 1) -> Evaluation:
     """Score ``data`` with a run (or a run path, or an ``nn.Module``) -> ``Evaluation``.
 
     A ``Run`` sees the images in [0, 1] through its normalization; a bare ``nn.Module`` sees the
@@ -164,8 +181,11 @@ def evaluate(run_or_model, data=None, *, split: str = "test", on_error: str | No
     held-out 20 % of each class), ``"train"`` or ``"all"`` (every image of a folder). ``on_error``
     ("raise"/"skip", image folders) defaults to the run's recorded choice, else "raise". The result
     says which split it scored (``Evaluation.split``) and how many images (``n``).
-    Labels are matched to the model's classes by name when both have names.
+    Labels are matched to the model's classes by name when both have names. ``rank``/``world_size``:
+    this process's shard (module docstring).
     """
+    from ..shards import check_shard, gathered, shard_bounds
+
     if split not in SPLITS:
         raise expect("split", " or ".join(repr(s) for s in SPLITS), split)
     if on_error not in (None, "raise", "skip"):
@@ -174,6 +194,7 @@ def evaluate(run_or_model, data=None, *, split: str = "test", on_error: str | No
         raise expect("k", "a positive int", k)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise expect("batch_size", "a positive int", batch_size)
+    check_shard(rank, world_size)
     if split != "test" and data is not None and not isinstance(data, (str, Path)):
         raise expect("split", "'test' (the default) for data given as images: split picks the images of a dataset "
                      "name or path, or of the run's own data", split)
@@ -197,11 +218,14 @@ def evaluate(run_or_model, data=None, *, split: str = "test", on_error: str | No
     if names is None:
         raise InputError("class_names must be given when neither the model nor the data names its classes; got None")
     labels = _match_labels(labels, data_names, names)
-    topk, n_scores = _topk(model, images, batch_size, k)  # (N, min(k, classes))
+    lo, hi = shard_bounds(len(labels), batch_size, rank, world_size)
+    topk, n_scores = _topk(model, images[lo:hi], batch_size, k)  # (hi - lo, min(k, classes))
     if n_scores is not None and n_scores != len(names):
         raise InputError(f"the model must give one score per class ({len(names)} classes); got {n_scores} scores")
-    return Evaluation(list(names), labels, topk, k=k, source=source, model=label, examples=examples,
-                      split=split_of(data))
+    result = Evaluation(list(names), labels[lo:hi], topk, k=k, source=source, model=label, examples=examples,
+                        split=split_of(data))
+    parts = gathered(result, world_size)
+    return result if parts is None else Evaluation.merge(parts)
 
 
 def split_of(data) -> str:

@@ -338,9 +338,7 @@ def boxes_for(geo, model, path: str, positions: np.ndarray, indices: np.ndarray,
 
 def gather(result, world_size: int):
     """The whole when torch.distributed runs ``world_size`` ranks; this shard otherwise."""
-    dist = torch.distributed
-    if world_size == 1 or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != world_size:
-        return result
-    parts: list = [None] * world_size
-    dist.all_gather_object(parts, result)
-    return type(result).merge(parts)
+    from ..shards import gathered
+
+    parts = gathered(result, world_size)
+    return result if parts is None else type(result).merge(parts)

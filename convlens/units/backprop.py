@@ -15,6 +15,10 @@
   Simplicity: The All Convolutional Net", ICLR workshop 2015 (https://arxiv.org/abs/1412.6806):
   both masks at once, ``grad * (forward input > 0) * (grad > 0)``.
 
+The same core gives ``layer_gradient(model, x, seed, at)``: a layer's output and the seeded gradient with
+respect to it, the backward stopping there (Grad-CAM, ``units/gradcam.py``); and ``gradient_of``, the core for
+images already checked (the batched SmoothGrad and Integrated Gradients, ``units/attribution.py``).
+
 Seeds. With ``target`` (an int, a class name, or one per image; None: the predicted class) the
 backward starts from the class score S_c: the model's output *is* taken as the scores, so a model
 whose ``forward`` ends in a softmax should be given without it (convlens grammar nets return the
@@ -93,8 +97,8 @@ from ..taps import capture, eval_mode, resolve_hookable, scripted_path, torchscr
 from ..inputs import as_images, forward_errors
 from ..targets import class_names_of, target_indices
 
-__all__ = ["RULES", "modified_gradient", "saliency", "deconvnet", "guided_backprop", "unit_maxima",
-           "top_projections"]
+__all__ = ["RULES", "modified_gradient", "layer_gradient", "saliency", "deconvnet", "guided_backprop",
+           "unit_maxima", "top_projections"]
 
 RULES = ("gradient", "deconvnet", "guided")
 
@@ -218,6 +222,23 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
     ``rule``: ``"gradient"`` (plain), ``"deconvnet"`` or ``"guided"``. Returns (N, C, H, W), detached,
     on the model's device. The model runs in eval mode and is left as found (module docstring).
     """
+    model = _checked_model(model, rule)
+    return gradient_of(model, as_images(x, model), seed, rule=rule, layer=layer)
+
+
+def layer_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.Tensor], at: str, *,
+                   rule: str = "gradient") -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, gradient) of layer ``at``: its output during the forward of ``x`` (its last call, for a module
+    called more than once) and the gradient of the seeded model output with respect to it, (N, ...) each,
+    detached. The backward stops at ``at``: nothing below it is differentiated. Both are of the layer's own
+    output even when a later in-place op (``x.relu_()``) overwrites it. ``rule`` applies to the ReLUs above
+    ``at``. Eval mode, the model left as found, as :func:`modified_gradient`.
+    """
+    model = _checked_model(model, rule)
+    return gradient_of(model, as_images(x, model), seed, rule=rule, at=at)
+
+
+def _checked_model(model, rule: str) -> nn.Module:
     if rule not in RULES:
         raise expect("rule", f"one of {RULES}", rule)
     if not isinstance(model, nn.Module):
@@ -226,16 +247,35 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
     if scripted is not None:
         raise torchscript_error(scripted, f"the {rule!r} ReLU rule never runs inside TorchScript code (the result "
                                           "would be the plain gradient; saliency works on TorchScript)")
-    x = as_images(x, model)
+    return model
+
+
+def gradient_of(model: nn.Module, x: torch.Tensor, seed: Callable[[torch.Tensor], torch.Tensor], *,
+                rule: str = "gradient", layer: str | None = None, at: str | None = None):
+    """The core of :func:`modified_gradient` (``at`` None) and :func:`layer_gradient` for images ``x`` already
+    checked by ``as_images`` (batched methods check their images once, then feed it perturbed copies that
+    may leave a Run's [0, 1] range: SmoothGrad's noise)."""
+    if rule not in RULES:
+        raise expect("rule", f"one of {RULES}", rule)
     module = resolve_hookable(model, layer)[1] if layer is not None else None
+    tapped_module = resolve_hookable(model, at)[1] if at is not None else None
     captured: list[torch.Tensor] = []
+    tapped: list = []
 
     def hook(_module, _args, output):
         captured.append(output)
         raise _Stop
 
+    def tap(_module, _args, output):  # the layer's own output, before any in-place op after it; last call wins
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            tapped[:] = [output.detach().clone(), torch.autograd.graph.get_gradient_edge(output)]
+        else:
+            tapped[:] = [output, None]
+
     modes = [(m, m.training) for m in model.modules()]
-    handle = module.register_forward_hook(hook) if module is not None else None
+    handles = [module.register_forward_hook(hook)] if module is not None else []
+    if tapped_module is not None:
+        handles.append(tapped_module.register_forward_hook(tap))
     try:
         model.eval()
         with torch.inference_mode(False), torch.enable_grad():
@@ -245,16 +285,32 @@ def modified_gradient(model: nn.Module, x, seed: Callable[[torch.Tensor], torch.
                     out = model(x)
             except _Stop:
                 out = captured[0]
-            if handle is not None and not captured:
+            if module is not None and not captured:
                 raise InputError(f"layer {layer!r} did not run during the forward pass")
             out = _check_output(out, len(x), layer)
-            (grad,) = torch.autograd.grad(out, x, grad_outputs=seed(out.detach()), allow_unused=True)
+            if tapped_module is None:
+                (grad,) = torch.autograd.grad(out, x, grad_outputs=seed(out.detach()), allow_unused=True)
+                return torch.zeros_like(x) if grad is None else grad.detach()  # (N, C, H, W)
+            value, edge = _tapped(tapped, at, len(x))
+            (grad,) = torch.autograd.grad(out, [edge], grad_outputs=seed(out.detach()), allow_unused=True)
+            return value, torch.zeros_like(value) if grad is None else grad.detach()  # (N, ...) each
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
         for m, mode in modes:
             m.training = mode
-    return torch.zeros_like(x) if grad is None else grad.detach()  # (N, C, H, W)
+
+
+def _tapped(tapped: list, at: str, n: int):
+    if not tapped:
+        raise InputError(f"layer {at!r} did not run during the forward pass")
+    value, edge = tapped
+    if not isinstance(value, torch.Tensor) or value.dim() < 2 or value.shape[0] != n:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ShapeError(f"layer {at!r}'s output must be a tensor ({n}, ...) with one row per image; got {got}")
+    if edge is None:
+        raise InputError(f"layer {at!r}'s output does not depend on the input (no gradient flows to it)")
+    return value, edge
 
 
 def _check_output(out, n: int, layer: str | None) -> torch.Tensor:

@@ -1,28 +1,25 @@
 """The explorer's ASGI app: ``create_app(run) -> Starlette``; ``serve(run, host, port)`` runs it on uvicorn.
 
 Every page is served as HTML and as its JSON twin under ``/api`` (see :mod:`convlens.web.pages`).
-Links are relative (``rel``: ``"./"`` on ``/``, ``"../"`` one level down, ...), so the app works under
-any proxy prefix or notebook port forwarding without being told the prefix; ``--root-path`` is passed
-to uvicorn for the ASGI ``root_path`` and is otherwise not needed. Static files come from the package's
-``static/`` folder only (Starlette's ``StaticFiles`` refuses paths outside it); every other file is served
-by an id that a page function checks against what the run has.
+Links are relative (``rel`` of :mod:`convlens.web.responses`: ``"./"`` on ``/``, ``"../"`` one level down,
+...), so the app works under any proxy prefix or notebook port forwarding without being told the prefix;
+``--root-path`` is passed to uvicorn for the ASGI ``root_path`` and is otherwise not needed. Static files
+come from the package's ``static/`` folder only (Starlette's ``StaticFiles`` refuses paths outside it);
+every other file is served by an id that a page function checks against what the run has.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
-import json
-import math
 import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -30,53 +27,10 @@ from ..errors import ConvLensError, LayerNotFoundError
 from .errors import NotFound, WebError
 from .explorer import Explorer
 from .pages import MODULES, PAGES, RAW
+from .responses import JSON, rel, to_json
 
 HERE = Path(__file__).parent
 LOCAL = ("127.0.0.1", "localhost", "::1")
-
-
-def _plain(obj):
-    """JSON for what page dicts hold besides plain types: numpy scalars and arrays, tensors, paths."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def to_json(obj) -> str:
-    """Strict JSON (NaN and infinities become null)."""
-    return json.dumps(_finite(json.loads(json.dumps(obj, default=_plain))), allow_nan=False)
-
-
-class JSON(JSONResponse):
-    def render(self, content) -> bytes:
-        return to_json(content).encode()
-
-
-def rel(request: Request) -> str:
-    """The relative prefix from this page to the app's root: ``./`` on ``/``, ``../`` per level below."""
-    path, root = request.scope["path"], request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
-    depth = path.count("/") - 1
-    return "../" * depth if depth > 0 else "./"
 
 
 def create_app(run, *, data: str | None = None) -> Starlette:

@@ -10,11 +10,13 @@ to the server, and its result is saved by the results store's atomic writes.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import queue
 import threading
 import time
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -57,13 +59,16 @@ def job_id(key: str) -> str:
 
 class Jobs:
     """The explorer's job queue (one worker thread, started on the first job; a daemon: it never keeps
-    the process alive)."""
+    the process alive). At interpreter exit the queued jobs are dropped and a running one gets
+    ``EXIT_WAIT`` seconds to finish (a thread killed inside torch aborts the process)."""
 
     def __init__(self):
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._closed = False
+        _LIVE.add(self)
 
     def submit(self, key: str, title: str, work: Callable[[Callable[[float, str], None]], Any]) -> Job:
         """The job for ``key``: the one already queued, running or done, else a new one running ``work``.
@@ -96,9 +101,18 @@ class Jobs:
     def all(self) -> list[Job]:
         return list(self._jobs.values())
 
+    def close(self, wait: float = 0.0) -> None:
+        """Take no more jobs; wait up to ``wait`` seconds for the running one."""
+        self._closed = True
+        running = [j for j in self._jobs.values() if j.state == RUNNING]
+        for job in running:
+            job.wait(wait)
+
     def _worker(self) -> None:
         while True:
             job = self._queue.get()
+            if self._closed:
+                continue
             job.state, job.started = RUNNING, time.time()
             try:
                 job.result = job.work(job.progress)
@@ -110,3 +124,13 @@ class Jobs:
             finally:
                 job.finished = time.time()
                 job.done_event.set()
+
+
+EXIT_WAIT = 60.0
+_LIVE: "weakref.WeakSet[Jobs]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for jobs in list(_LIVE):
+        jobs.close(EXIT_WAIT)

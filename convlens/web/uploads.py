@@ -60,6 +60,7 @@ FIELD = "file"                      # the multipart form field holding the image
 ID = re.compile(r"(?:t(?:0|[1-9][0-9]{0,9})|u[0-9a-f]{16})\Z")
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}  # Pillow's format -> what we call it (MPO: camera JPEG)
 IMAGENET_CROP = 0.875
+THUMB = 96                          # px: the thumbnails of the list pages
 
 
 # ---- ids ----------------------------------------------------------------------------------------------
@@ -108,6 +109,11 @@ def _no_image(ex, image_id) -> NotFound:
 def row_of(image_id: str) -> int | None:
     """The data row of a ``t`` id, None for an upload."""
     return int(image_id[1:]) if image_id[0] == "t" else None
+
+
+def thumb_url(image_id: str) -> str:
+    """The URL of an image's thumbnail, relative to the app's root (served by ``pages/image_list.py``)."""
+    return f"png/images/{image_id}?size={THUMB}"
 
 
 def upload_path(ex, image_id: str) -> Path:

@@ -13,7 +13,7 @@ from convlens.errors import DataError, InputError
 
 
 def test_names():
-    assert datasets.names() == ["shapes", "digits", "photos"]
+    assert datasets.names() == ["shapes", "digits", "photos", "fashion"]
 
 
 # ---- digits ----

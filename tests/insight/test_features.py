@@ -116,6 +116,24 @@ def test_sharded_equals_unsharded(world_size, tmp_path):
         np.testing.assert_array_equal(got.indices, whole.indices)
 
 
+def test_complete_folder_of_another_world_size_is_read_back(tmp_path):
+    """A cache filled by 2 processes serves 1 (and the other way round) when complete; an incomplete one is refused."""
+    model, ds = grammar_net(), dataset(n=23)
+    whole = features(model, ds, ["conv1", "fc3"], batch_size=5, progress=False)
+    for r in range(2):
+        features(model, ds, ["conv1", "fc3"], batch_size=5, progress=False, rank=r, world_size=2, out=tmp_path / "two")
+    one = features(model, ds, ["conv1", "fc3"], batch_size=5, progress=False, out=tmp_path / "one")
+    for folder, world_size in ((tmp_path / "two", 1), (tmp_path / "one", 3)):
+        got = features(model, ds, ["conv1", "fc3"], batch_size=5, progress=False, out=folder, world_size=world_size)
+        assert len(got) == len(ds) and not list(folder.glob(f"shard-*-of-{world_size:05d}"))  # read, not extracted
+        for name in whole.layers:
+            np.testing.assert_array_equal(got[name], whole[name])
+    np.testing.assert_array_equal(one["conv1"], whole["conv1"])
+    features(model, ds, ["conv1"], batch_size=5, progress=False, rank=0, world_size=2, out=tmp_path / "half")
+    with pytest.raises(InputError, match="world_size differ"):
+        features(model, ds, ["conv1"], batch_size=5, progress=False, out=tmp_path / "half")
+
+
 def test_more_ranks_than_images(tmp_path):
     model, ds = grammar_net(), dataset(n=2)
     for r in range(3):

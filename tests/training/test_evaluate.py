@@ -220,3 +220,23 @@ def test_cli_evaluate_folder_says_its_split_and_scores_all_with_split_all(tmp_pa
 def test_split_of_given_images_is_refused():
     with pytest.raises(InputError, match="split must be 'test'"):
         evaluate(Lookup(torch.eye(2)), (indexed_images(2), torch.tensor([0, 1])), split="all", class_names=["a", "b"])
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 9])
+def test_shards_merged_equal_one_process(world_size):
+    """Each rank scores a run of whole batches (the last ranks may get none); merged in rank order they equal
+    one process, and record how many processes made them."""
+    g = torch.Generator().manual_seed(2)
+    n, c = 37, 6
+    table, labels = torch.randn(n, c, generator=g), torch.randint(0, c, (n,), generator=g)
+    data, names = (indexed_images(n), labels), [f"c{i}" for i in range(c)]
+    whole = evaluate(Lookup(table), data, class_names=names, batch_size=5)
+    parts = [evaluate(Lookup(table), data, class_names=names, batch_size=5, rank=r, world_size=world_size)
+             for r in range(world_size)]
+    assert sum(p.n for p in parts) == n and all(p.world_size == 1 for p in parts)
+    merged = Evaluation.merge(parts)
+    assert torch.equal(merged.topk, whole.topk) and torch.equal(merged.labels, whole.labels)
+    a, b = whole.to_dict(), merged.to_dict()
+    assert (a.pop("world_size"), b.pop("world_size")) == (1, world_size) and a == b
+    with pytest.raises(InputError, match="rank must be"):
+        evaluate(Lookup(table), data, class_names=names, rank=2, world_size=2)

@@ -181,19 +181,20 @@ def test_a_silent_unit_is_marked(site):
     """A unit whose best activation is <= 0 shows as silent (the trained demo has none: fake one by zeroing
     a unit's saved values in the loaded result)."""
     client, ex, _ = site
-    from convlens.web.pages import layers
+    from convlens.web.pages.layer import grids
+    from convlens.web.pages.patches import patches
 
-    top, _, _ = layers.patches(ex, LAYER, start=False)
+    top, _, _ = patches(ex, LAYER, start=False)
     saved_values = top.values[LAYER][7].copy()
     try:
         top.values[LAYER][7] = -1.0
-        layers.memo(ex)["grids"].clear()  # the grid is kept per version of the files, which did not change
+        grids(ex).clear()  # the grid is kept per version of the files, which did not change
         twin = client.get(f"/api/layers/{LAYER}").json()
         assert 7 in twin["silent"]
         assert 'class="layer-silent"' in client.get(f"/layers/{LAYER}").text
     finally:
         top.values[LAYER][7] = saved_values
-        layers.memo(ex)["grids"].clear()
+        grids(ex).clear()
 
 
 def test_the_model_page_agrees_with_the_summary_and_the_evaluation(site, demo_copy):
@@ -362,20 +363,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class Block(nn.Module):
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential() if stride == 1 and cin == cout else \\
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+from tests.conftest import BasicBlock as Block  # the fixture models' hand-written residual block
 
 
 class Net(nn.Module):

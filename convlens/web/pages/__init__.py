@@ -1,14 +1,32 @@
 """The explorer's pages. Each page is a function ``page(ex, request) -> dict`` registered with
 :func:`page`; the app serves it twice: as HTML (its template rendered with the dict as ``page``) at
-``path`` and as JSON at ``/api`` + ``path`` (the JSON twin: the same dict). Raw routes (PNG images by id)
-are registered with :func:`raw`. Modules listed in ``MODULES`` are imported by the app to register theirs.
+``path`` and as JSON at ``/api`` + ``path`` (the JSON twin: the same dict). Raw routes (PNG images by id,
+POSTs that start jobs or upload) are registered with :func:`raw`. Modules listed in ``MODULES`` are
+imported by the app to register theirs.
+
+One module a page, one a section of a page (with its PNGs), and a few helpers without routes:
+
+* ``/``: ``model`` (the table, charts, evaluation and its confusion cells, health, probes);
+* ``/layers/{layer}``: ``layer``, with ``filters``; ``/layers/{layer}/units/{unit}``: ``unit``, with
+  ``patches`` (the top patches, also the layer's thumbnails), ``projections``, ``histogram``, ``unit_model``;
+  helper: ``conv_units`` (layer and unit lookup and checks);
+* ``/images``: ``image_list`` (and uploads, every image's PNG); ``/images/{id}``: ``image``, with
+  ``activations``, ``image_maps`` (saliency, deconvnet, guided), ``occlusion``, ``neighbours``;
+* ``/codes``: ``codes``; helper: ``code_cache`` (the CNN codes, also for the neighbours);
+* ``predictions`` (helper: what the model predicts for an image and for the data, class names);
+* ``/label``: ``label``, ``label_game``.
+
+Imports go one way: a page imports its sections and the helpers, a section the helpers (and ``patches``),
+a helper only the frame (``convlens.web``: explorer, memo, params, png, responses, uploads); never the
+other way round.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-MODULES = ("model", "layers", "images", "codes")
+MODULES = ("model", "layer", "filters", "unit", "patches", "projections", "unit_model", "image_list", "image",
+           "activations", "image_maps", "occlusion", "codes", "label")
 
 
 @dataclass(frozen=True)

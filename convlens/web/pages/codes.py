@@ -5,9 +5,9 @@ The map is the ``codes-tsne`` result of the results store, the one ``convlens ts
 ``serve --data DIR``: ``convlens tsne RUN --data DIR``). When it is missing, a background job makes it
 with the CLI's defaults -- the codes of the classifier's input (``convlens codes``' cache in
 ``RUN/codes``, reused or filled), a seeded subset of at most 5,000 of them, PCA to 50 dims then
-openTSNE (perplexity 30, seed 0), the snapped grid (auto) and 32 px thumbnails -- and saves it under the
-CLI's name and options, so CLI and explorer share it. The steps are ``convlens.cli.codes_cmds.save_tsne``'s
-library calls, re-done here (the explorer may not import the CLI): :func:`tsne_parts`.
+openTSNE (perplexity 30, seed 0), the snapped grid (auto) and 32 px thumbnails: ``convlens.codespace.tsne_map``,
+the call ``convlens tsne`` makes -- and saves it under the CLI's name and options, so CLI and explorer
+share it.
 
 The browser draws the map on a canvas (``static/codes.js``): a dot per image coloured by class, and the
 thumbnails (one sprite JPEG, ``jpg/codes/thumbs``) once zoomed in; the snapped grid as a second layout.
@@ -15,160 +15,35 @@ For the keyboard, every point is also a link in the list under the map (filtered
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import re
-from pathlib import Path
 
 import numpy as np
 from starlette.responses import Response
 
 from ..errors import NotFound, WebError
+from ..png import class_colors, response
 from . import page, raw
-from .images import _class_colors, _stats, class_name, data_names, model_labels, predictions, state
+from .code_cache import compute_codes
+from .predictions import class_name, data_names, model_labels, predictions
 
 TSNE = "codes-tsne"
 # `convlens tsne`'s defaults (the options it saves the default result under are then {})
 TSNE_DEFAULTS = dict(n=5000, perplexity=None, seed=0, grid="auto", thumb=32, n_jobs=1)
 
 
-# ---- the codes (convlens codes' cache) -------------------------------------------------------------------
-
-def _slug(s) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(s)).strip("_")[:60]
-
-
-def code_folder(ex) -> tuple[str, str | None]:
-    """(the cache folder relative to the run, the data the CLI names): where ``convlens codes RUN [--data
-    DIR]`` keeps the codes of the classifier's input (``cli.codes_cmds.cache_dir``'s naming)."""
-    data = ex.data_source
-    return "codes/classifier-input-auto" + (f"-{_slug(data)}" if data else ""), data
-
-
-def _fresh(ex, folder: str, data: str | None) -> bool:
-    """Whether the cache folder holds codes of the run's weights and this data (``ResultStore.cache``'s
-    test, read only: nothing is emptied here)."""
-    from ...io import read_json
-    from ...results.provenance import data_key
-
-    path = Path(ex.dir) / folder
-    record = path.parent / ".records" / f"{path.name}.json"
-    if not record.is_file() or not (path / "codes.json").is_file():
-        return False
-    have = read_json(record)
-    want = {"weights": ex.store.weights_key(), "data": data_key(ex.run.manifest.get("data"), {"data": data})}
-    return all(have.get(k) == v for k, v in want.items())
-
-
-def _load_codes(ex):
-    """The cached codes of the data (memory-mapped), or None when the cache lacks them."""
-    from ...codespace.codes import Codes
-    from ...errors import ConvLensError
-
-    folder, data = code_folder(ex)
-    path = Path(ex.dir) / folder
-    st = state(ex)
-    stats = _stats(path / "codes.json") + _stats(path / "features.json")
-    if st.codes is not None and st.codes[0] == stats:
-        return st.codes[1]
-    if not _fresh(ex, folder, data):
-        return None
-    try:
-        code = Codes.load(path, data=ex.data)
-    except ConvLensError:
-        return None
-    if len(code) != len(ex.data.labels):
-        return None
-    st.codes = (stats, code)
-    return code
-
-
-def compute_codes(ex, progress=None):
-    """The codes of the data as ``convlens codes`` makes them (its cache folder, emptied first when it holds
-    codes of other weights or data); returns them loaded from the cache."""
-    from ...codespace.codes import codes
-
-    found = _load_codes(ex)
-    if found is not None:
-        return found
-    folder, data = code_folder(ex)
-    if progress is not None:
-        progress(0.05, f"CNN codes of {len(ex.data.labels)} images")
-    out = ex.store.cache(folder, data=data)
-    with ex.lock:
-        codes(ex.run, ex.data, None, pool=None, out=out, progress=False)
-    return _load_codes(ex)
-
-
-def codes_or_job(ex):
-    """(the codes of the data, None) from the cache, or (None, the job computing them)."""
-    found = _load_codes(ex)
-    if found is not None:
-        return found, None
-    folder, _ = code_folder(ex)
-    job = ex.jobs.submit(f"codes {folder}", "CNN codes of the data", lambda progress: compute_codes(ex, progress))
-    if job.state == "done" and job.result is not None:
-        return job.result, None
-    return None, job
-
-
-def code_of(ex, code, x) -> np.ndarray:
-    """(1, D): the code of one image (C, H, W), read where ``code`` was (one forward under the lock)."""
-    from ...codespace.codes import codes
-
-    with ex.lock:
-        return np.asarray(codes(ex.run, x[None], code.tapped, pool=code.pool, progress=False).vectors)
-
-
 # ---- the t-SNE map ---------------------------------------------------------------------------------------------
 
 def tsne_options(ex) -> dict:
     """The options ``convlens tsne RUN [--data DIR]`` saves its default map under."""
-    return {"data": ex.data_source} if ex.data_source is not None else {}
-
-
-def tsne_parts(code, *, n: int = 5000, perplexity=None, seed: int = 0, grid: str = "auto", thumb: int = 32,
-               n_jobs: int = 1, progress=None) -> tuple[dict, dict]:
-    """(meta, arrays) of the t-SNE map of ``code``, as ``convlens tsne`` saves them (``save_tsne``'s steps):
-    a seeded subset of ``n``, ``tsne``, the snapped grid (``grid="auto"``: a square grid of up to 4,096),
-    thumbnails."""
-    from ...codespace.codes import thumbnails
-    from ...codespace.tsne import tsne
-    from ...codespace.tsne_grid import tsne_grid
-
-    rows = np.arange(len(code))
-    if len(code) > n:
-        rows = np.sort(np.random.default_rng(seed).choice(len(code), n, replace=False))
-    sub = code.subset(rows)
-    if progress is not None:
-        progress(0.3, f"t-SNE of {len(sub)} codes")
-    result = tsne(sub, perplexity=perplexity, seed=seed, n_jobs=n_jobs)
-    cells = None
-    if grid == "auto":
-        side = int(np.ceil(np.sqrt(min(len(sub), 4096))))
-        shape = (-(-min(len(sub), 4096) // side), side)
-        if progress is not None:
-            progress(0.8, "snapping to the grid")
-        cells = tsne_grid(result.embedding[:min(len(sub), shape[0] * shape[1])], *shape)
-    images = sub.images()
-    arrays = {"embedding": result.embedding, "indices": sub.indices, "thumbs": thumbnails(images, thumb)}
-    if sub.labels is not None:
-        arrays["labels"] = sub.labels
-    if cells is not None:
-        arrays["grid_cells"] = cells.cells
-    meta = result.to_dict()
-    meta["grid"] = None if cells is None else {"rows": cells.rows, "cols": cells.cols, "points": len(cells),
-                                               "cost": cells.cost}
-    meta["projector"] = None
-    return meta, arrays
+    return ex.data_options or {}
 
 
 def _tsne_entry(ex):
     """The store's entry of the map of the explorer's data: with exactly its options, else (the run's own data)
     the one the report shows when that one reads the same data."""
     options = tsne_options(ex)
-    entry = ex.store.entry(TSNE, options)
-    if entry is not None and entry.state != "stale":
+    entry = ex.entry(TSNE, options)
+    if entry is not None:
         return entry
     if not options:
         shown = ex.store.shown(TSNE)
@@ -179,32 +54,21 @@ def _tsne_entry(ex):
 
 def tsne_or_job(ex):
     """((meta, arrays, version), None) from the cache, or (None, the job making the map)."""
-    from ...io import read_json, read_npz
-
     entry = _tsne_entry(ex)
-    st = state(ex)
-    if entry is not None:
-        stats = _stats(entry.path)
-        cached = st.misc.get("tsne")
-        if cached is None or cached[0] != (str(entry.path), stats):
-            meta, arrays = read_json(entry.path), read_npz(entry.path.with_suffix(".npz"))
-            version = hashlib.sha1(repr((str(entry.path), stats)).encode()).hexdigest()[:10]
-            cached = st.misc["tsne"] = ((str(entry.path), stats), (meta, arrays, version))
-        return cached[1], None
+    if entry is None:
+        def compute(progress):  # the model lock is held for the codes only, not the t-SNE
+            from ...codespace.tsne_map import tsne_map
 
-    options = tsne_options(ex)
-
-    def work(progress):  # as ex.ensure's jobs, but the model lock is held for the codes only, not the t-SNE
-        code = compute_codes(ex, progress)
-        parts = tsne_parts(code, progress=progress, **TSNE_DEFAULTS)
-        ex.store.save(TSNE, parts, options=options or None)
-        return parts
-    key = f"{TSNE} {sorted(options.items())}"
-    job = ex.jobs.submit(key, "t-SNE map of the codes", work)
-    if job.state == "done":  # saved since: read it from the store
-        ex.jobs.forget(key)
-        return tsne_or_job(ex) if _tsne_entry(ex) is not None else (None, job)
-    return None, job
+            code = compute_codes(ex, progress)
+            progress(0.3, f"t-SNE of {min(len(code), TSNE_DEFAULTS['n'])} codes")
+            made = tsne_map(code, **TSNE_DEFAULTS)
+            return made.meta, made.arrays
+        _, job = ex.ensure(TSNE, tsne_options(ex), "t-SNE map of the codes", compute, locked=False)
+        entry = _tsne_entry(ex)  # when the job is done, it saved the map
+        if entry is None:
+            return None, job
+    (meta, arrays), version = ex.load(entry)
+    return (meta, arrays, version), None
 
 
 def _normalized(xy: np.ndarray) -> np.ndarray:
@@ -235,7 +99,7 @@ def codes_page(ex, request) -> dict:
     names = data_names(ex) or list(meta.get("class_names") or [])
     present = sorted(set(labels.tolist())) if labels is not None else []
     counts = {k: int((labels == k).sum()) for k in present} if labels is not None else {}
-    colors = _class_colors(present)
+    colors = class_colors(present)
     points = []
     for i, row in enumerate(indices.tolist()):
         if not keep[i]:
@@ -284,9 +148,8 @@ def codes_thumbs(ex, request) -> Response:
     given = request.query_params.get("v")
     if given is not None and given != version:
         raise WebError(f"v must be the map's current version {version!r}; got {given[:40]!r}")
-    st = state(ex)
-    cached = st.misc.get("sprite")
-    if cached is None or cached[0] != version:
+
+    def sprite() -> bytes:
         thumbs = arrays["thumbs"]  # (n, h, w, 3) uint8
         n, h, w = thumbs.shape[:3]
         cols = sprite_cols(n)
@@ -297,6 +160,6 @@ def codes_thumbs(ex, request) -> Response:
             canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = thumbs[i]
         buf = io.BytesIO()
         Image.fromarray(canvas).save(buf, format="JPEG", quality=88)
-        cached = st.misc["sprite"] = (version, buf.getvalue())
-    return Response(cached[1], media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+        return buf.getvalue()
+    return response(ex.memo.lru("sprite", 1).get_or_make(version, sprite), media_type="image/jpeg")
 

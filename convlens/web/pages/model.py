@@ -6,116 +6,25 @@ cached; a link per explorable layer.
 What the page shows comes from the run's results store (the files the CLI writes); what is missing is
 started as a background job: the evaluation as soon as the page is opened (one forward over the data),
 the health check on request (``POST /api/start/health``, a button on the page). Results read from the
-store are kept in memory while their files stay the same (:func:`saved`), so a page served from the
-cache never re-reads a large JSON (an ImageNet evaluation holds a 1000x1000 confusion matrix).
+store are kept in memory while their files stay the same (``Explorer.saved``), so a page served from the
+cache never re-reads a large JSON (an ImageNet evaluation holds a 1000x1000 confusion matrix). A confusion
+cell's images come from the top-1 predictions of the data (:mod:`.predictions`: a job the images list and
+the code space share).
 """
 from __future__ import annotations
 
-import hashlib
-import threading
-import weakref
-
 import numpy as np
-from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ..errors import NotFound, not_found
+from ..png import drawing, figure_png, response
+from ..responses import started
 from . import page, raw
+from .predictions import model_labels, predictions
 
 EXAMPLES = 5         # example images per easiest/hardest class
 CLASSES_SHOWN = 5    # easiest and hardest classes shown
 CONFUSION_CAP = 30   # classes at most in the confusion table (those with the most images)
 CELL_IMAGES = 400    # thumbnails at most on a confusion cell's page
-
-# ---- what the explorer keeps in memory, per Explorer ------------------------------------------------------
-
-_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_MEMO_LOCK = threading.Lock()
-
-
-def memo(ex) -> dict:
-    """A dict kept with ``ex`` for the model and layer pages' in-memory caches (results read from the
-    store, figures, per-layer maxima, projections); gone with the Explorer."""
-    with _MEMO_LOCK:
-        found = _MEMO.get(ex)
-        if found is None:
-            found = _MEMO[ex] = {}
-        return found
-
-
-def _file_stats(path) -> tuple:
-    out = []
-    for p in (path, path.with_suffix(".npz")):
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        out.append((p.name, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
-def saved(ex, name: str, options: dict | None = None, *, exact: bool = False):
-    """(the saved result ``name`` as its object, a short version id of its files) or (None, None): with
-    ``options`` None the one the report shows (``ResultStore.shown``; ``exact``: the default one only),
-    else exactly that one; never a stale one. Read once while its files stay the same (``ex.result`` reads
-    them again on every call)."""
-    from ...results.registry import analysis, imported
-
-    if options is None and not exact:
-        entry = ex.store.shown(name)
-    else:
-        entry = ex.store.entry(name, options)
-        if entry is not None and entry.state == "stale":
-            entry = None
-    if entry is None:
-        return None, None
-    stats = _file_stats(entry.path)
-    key = ("saved", name, str(entry.path), stats)
-    cache = memo(ex).setdefault("saved", {})
-    if key not in cache:
-        value = imported(analysis(name).load)(entry.path)
-        for old in [k for k in list(cache) if k[:3] == key[:3]]:  # an older version of the same files
-            cache.pop(old, None)
-        cache[key] = (value, hashlib.sha1(repr(stats).encode()).hexdigest()[:10])
-    return cache[key]
-
-
-def data_options(ex) -> dict | None:
-    """The options under which the CLI saves a result over the explorer's data: ``{"data": DIR}`` for
-    ``serve --data DIR`` (``convlens top-patches RUN --data DIR``), None for the run's own test split."""
-    return {"data": ex.data_source} if ex.data_source is not None else None
-
-
-def data_or_none(ex):
-    """(the explorer's data, None) or (None, why it cannot be loaded)."""
-    try:
-        return ex.data, None
-    except Exception as err:  # noqa: BLE001 -- the model page is shown without data, saying why
-        return None, f"{type(err).__name__}: {err}"
-
-
-def remember_job(ex, key: str, job) -> None:
-    if job is not None:
-        memo(ex).setdefault("jobs", {})[key] = job
-
-
-def job_shown(ex, key: str) -> dict | None:
-    """The job started under ``key`` while it runs (or failed: shown with its error), else None."""
-    job = memo(ex).get("jobs", {}).get(key)
-    if job is None or job.state == "done":
-        return None
-    return job.to_dict()
-
-
-def relative_back(request, target: str) -> str:
-    """A relative URL from this request's path to ``target`` (relative to the app's root)."""
-    from ..app import rel
-
-    prefix = rel(request)
-    return (prefix if prefix != "./" else "") + target or "./"
-
-
-def wants_html(request) -> bool:
-    return "text/html" in request.headers.get("accept", "")
 
 
 # ---- the model page ---------------------------------------------------------------------------------------
@@ -124,7 +33,7 @@ def wants_html(request) -> bool:
 def model_page(ex, request) -> dict:
     summary = ex.summary
     rows = summary["layers"]
-    data, data_error = data_or_none(ex)
+    data, data_error = ex.data_or_error()
     out = {"run": ex.name, "model": summary["model"], "input_size": summary["input_size"],
            "layers": rows, "totals": {k: summary[k] for k in ("total_params", "total_activations", "total_macs",
                                                                 "forward_bytes", "backward_bytes")},
@@ -154,8 +63,8 @@ def evaluation(ex, data, *, start: bool = True):
     """(the evaluation as ``Evaluation.to_dict()``, its version, None) from the cache, or (None, None, job)
     after starting ``convlens.evaluate`` on the explorer's data as a job (saved as ``evaluation``, the
     default result the demo and the report write; with ``--data``, beside it)."""
-    options = data_options(ex)
-    found, version = saved(ex, "evaluation", options)
+    options = ex.data_options
+    found, version = ex.saved("evaluation", options)
     if found is not None:
         return _evaluation_dict(found), version, None
     if not start or data is None:
@@ -165,13 +74,10 @@ def evaluation(ex, data, *, start: bool = True):
         from ...training.evaluate import evaluate
 
         progress(0.05, f"scoring {len(data)} images")
-        result = evaluate(ex.run, data)
-        memo(ex)["evaluated"] = result  # its per-image predictions open the confusion cells
-        return result
+        return evaluate(ex.run, data)
     result, job = ex.ensure("evaluation", options, "Evaluating the model on its data", compute)
     if result is not None:
         return _evaluation_dict(result), "new", None
-    remember_job(ex, "evaluation", job)
     return None, None, job
 
 
@@ -179,12 +85,8 @@ def evaluation_section(ex, data):
     ev, version, job = evaluation(ex, data)
     if ev is None:
         return None, None if job is None else job.to_dict()
-    cache = memo(ex).setdefault("evaluation_section", {})
     key = (version, None if data is None else len(data))
-    if key not in cache:
-        cache.clear()
-        cache[key] = _summarize_evaluation(ev, data)
-    return cache[key], None
+    return ex.memo.lru("evaluation section", 1).get_or_make(key, lambda: _summarize_evaluation(ev, data)), None
 
 
 def _summarize_evaluation(ev: dict, data) -> dict:
@@ -230,9 +132,10 @@ def confusion_table(conf: np.ndarray, names: list[str], cap: int = CONFUSION_CAP
 
 def health_section(ex):
     """(the health verdicts of the cached ``health`` result, None) or (None, the job computing it, if started)."""
-    found, _ = saved(ex, "health", data_options(ex))
+    found, _ = ex.saved("health", ex.data_options)
     if found is None:
-        return None, job_shown(ex, "health")
+        job = ex.job("health", ex.data_options)
+        return None, None if job is None else job.to_dict()
     rows = [{"name": h.name, "path": h.path, "units": h.units, "dead_fraction": h.dead_fraction,
              "sparsity": h.sparsity_samples, "constant_fraction": h.constant_fraction,
              "mean_abs_corr": h.mean_abs_corr, "verdict": h.verdict, "issues": list(h.issues)}
@@ -248,9 +151,7 @@ def start_health(ex):
 
         progress(0.05, f"measuring {min(1000, len(data))} images")
         return health(ex.run, data, progress=False)
-    result, job = ex.ensure("health", data_options(ex), "Checking the training's health", compute)
-    remember_job(ex, "health", job)
-    return result, job
+    return ex.ensure("health", ex.data_options, "Checking the training's health", compute)
 
 
 @raw("/api/start/{what}", methods=("POST",))
@@ -262,13 +163,11 @@ def start(ex, request):
     if what not in starters:
         raise not_found("analysis", what, starters)
     _, job = starters[what](ex)
-    if wants_html(request):
-        return RedirectResponse(relative_back(request, ""), status_code=303)
-    return JSONResponse({"job": None if job is None else job.to_dict()}, status_code=202 if job else 200)
+    return started(request, job, "")
 
 
 def probe_section(ex) -> dict | None:
-    found, _ = saved(ex, "probe")
+    found = ex.result("probe")
     if found is None:
         return None
     return {"headers": found.headers(), "rows": found.table(), "layers": list(found.layers),
@@ -277,18 +176,16 @@ def probe_section(ex) -> dict | None:
 
 # ---- figures (PNG, drawn once per explorer by convlens.plots) ---------------------------------------------
 
-_PLOT_LOCK = threading.Lock()  # pyplot is not thread-safe: requests are served from a thread pool
+FIGURES_KEPT = 8
 
 
-def _figure_png(ex, key: str, draw) -> Response:
-    from ...plots.common import to_png
-
-    cache = memo(ex).setdefault("figures", {})
-    if key not in cache:
-        with _PLOT_LOCK:
-            if key not in cache:
-                cache[key] = to_png(draw())
-    return Response(cache[key], media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+def _figure_png(ex, key: str, draw):
+    cache = ex.memo.lru("figures", FIGURES_KEPT)
+    found = cache.get(key)
+    if found is None:
+        with drawing():  # drawn once: a second request for it waits here, then finds it
+            found = cache.get_or_make(key, lambda: figure_png(draw))
+    return response(found, max_age=3600)
 
 
 @raw("/png/model/memory")
@@ -310,33 +207,13 @@ def training_png(ex, request):
 
 @raw("/png/model/probe")
 def probe_png(ex, request):
-    found, version = saved(ex, "probe")
+    found, version = ex.saved("probe")
     if found is None:
         raise NotFound("no probe result in this run (convlens probe RUN computes it)")
     return _figure_png(ex, f"probe {version}", found.plot)
 
 
 # ---- a confusion cell: its images ---------------------------------------------------------------------------
-
-def predictions(ex, data):
-    """The explorer's data scored by the model (an ``Evaluation``: matched labels and top-k predictions), from
-    memory, or (None, job) after starting it (a forward over the data; kept in memory, not saved)."""
-    found = memo(ex).get("evaluated")
-    if found is not None:
-        return found, None
-
-    def work(progress):
-        from ...training.evaluate import evaluate
-
-        with ex.lock:
-            result = evaluate(ex.run, data)
-        memo(ex)["evaluated"] = result
-        return result
-    job = ex.jobs.submit(f"predictions {ex.name}", "Scoring the images", work)
-    if job.state == "done":
-        return job.result, None
-    return None, job
-
 
 def _class_index(value: str, names: list[str], what: str) -> int:
     try:
@@ -360,11 +237,11 @@ def confusion_page(ex, request) -> dict:
     out = {"true": {"index": t, "name": names[t]}, "predicted": {"index": p, "name": names[p]},
            "count": None if ev is None else int(ev["confusion"][t][p]), "images": None, "shown": 0,
            "job": None, "note": ""}
-    result, job = predictions(ex, data)
-    if result is None:
+    preds, job = predictions(ex)
+    if preds is None:
         out["job"] = job.to_dict()
         return out
-    hits = ((result.labels == t) & (result.predictions == p)).nonzero().view(-1).tolist()
+    hits = np.flatnonzero((model_labels(ex) == t) & (preds[0] == p)).tolist()
     out["count"] = len(hits)
     out["images"] = [{"image": f"t{i}", "index": i} for i in hits[:CELL_IMAGES]]
     out["shown"] = len(out["images"])
