@@ -64,7 +64,7 @@ from ..taps import model_device
 from .class_model import _space, image_shape
 from .optimal_stimuli import OptimalStimuli, check_differentiable, optimal_stimuli, unit_target
 from .hessian import extreme_eigenpairs, hessian_operator
-from .optimize import evaluate, goal_record, gradient, optimize
+from .optimize import GoalInfo, evaluate, goal_record, gradient, optimize
 from .smooth import BETA, Smoothed
 from .sphere import Sphere, check_norm, display_images, onto
 
@@ -75,7 +75,7 @@ MAX_ANGLE = math.pi / 2
 
 
 @dataclass(eq=False)
-class HessianInvariances:
+class HessianInvariances(GoalInfo):
     """x* (1, C, H, W), the directions (rows, C, H, W) -- ``k`` invariances, ``n_least`` least invariant, one
     random -- with their eigenvalues (the random one's: its Rayleigh quotient), and the activation along each
     geodesic (``activation`` on the model, ``smooth_activation`` on the analysed copy; rows x frames)."""
@@ -92,16 +92,7 @@ class HessianInvariances:
 
     @property
     def sphere(self) -> Sphere:
-        return Sphere(torch.tensor(self.info["center"], dtype=self.x_star.dtype).reshape(1, -1, 1, 1),
-                      float(self.info["norm"]))
-
-    @property
-    def goal(self) -> dict | None:
-        return self.info.get("goal")
-
-    @property
-    def missed(self) -> dict[str, str]:
-        return dict((self.goal or {}).get("missed", {}))
+        return Sphere.of(self.info, self.x_star.dtype)
 
     def __len__(self) -> int:
         return len(self.directions)

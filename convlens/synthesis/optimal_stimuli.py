@@ -47,7 +47,7 @@ from ..errors import InputError, expect
 from ..taps import eval_mode, model_device, resolve_hookable
 from . import objectives as O
 from .class_model import _space, image_shape, logits_of, unit_objective
-from .optimize import _Forward, _frozen, evaluate, goal_record, gradient, optimize
+from .optimize import GoalInfo, _Forward, _frozen, evaluate, goal_record, gradient, optimize
 from .sphere import Sphere, check_norm, default_norm, display_images, onto
 
 __all__ = ["optimal_stimuli", "OptimalStimuli", "SAME", "unit_target"]
@@ -58,7 +58,7 @@ SCHEMA = "convlens.optimal_stimuli/1"
 
 
 @dataclass(eq=False)
-class OptimalStimuli:
+class OptimalStimuli(GoalInfo):
     """``n_inits`` optima (n, C, H, W) of one unit on the sphere ||x - c|| = r, in the model's input space,
     with their activations, pairwise cosines and clusters; ``order`` sorts them by cluster (largest first),
     then by activation. ``history`` (steps, n): the activation at each step."""
@@ -88,16 +88,7 @@ class OptimalStimuli:
 
     @property
     def sphere(self) -> Sphere:
-        return Sphere(torch.tensor(self.info["center"], dtype=self.images.dtype).reshape(1, -1, 1, 1),
-                      float(self.info["norm"]))
-
-    @property
-    def goal(self) -> dict | None:
-        return self.info.get("goal")
-
-    @property
-    def missed(self) -> dict[str, str]:
-        return dict((self.goal or {}).get("missed", {}))
+        return Sphere.of(self.info, self.images.dtype)
 
     def __len__(self) -> int:
         return len(self.images)

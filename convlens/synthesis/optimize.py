@@ -48,8 +48,25 @@ OPTIMIZERS = ("sgd", "adam", "lbfgs")
 PARAMETRIZATIONS = ("pixels", "sigmoid")
 
 
+class GoalInfo:
+    """``goal`` and ``missed`` of a result that keeps its goal record in ``info["goal"]`` (see :func:`goal_record`)."""
+
+    info: dict
+
+    @property
+    def goal(self) -> dict | None:
+        """``info["goal"]``: the goal, per image its number and whether it was reached (see :func:`goal_record`);
+        None for a result made without one."""
+        return self.info.get("goal")
+
+    @property
+    def missed(self) -> dict[str, str]:
+        """Image label -> why it missed the goal; empty when every image reached it."""
+        return dict((self.goal or {}).get("missed", {}))
+
+
 @dataclass(eq=False)
-class OptimizedImage:
+class OptimizedImage(GoalInfo):
     """The optimized images (N, C, H, W) in the model's input space, and how they were obtained.
 
     ``history`` (steps, N) is the objective per image at each step; ``final`` (N,) its value on the
@@ -81,17 +98,6 @@ class OptimizedImage:
         if mode != "clip":
             raise expect("mode", "'clip' or 'stretch'", mode)
         return np.clip(x, 0.0, 1.0)
-
-    @property
-    def goal(self) -> dict | None:
-        """``info["goal"]``: the goal, per image its number and whether it was reached (see :func:`goal_record`);
-        None for a result made without one."""
-        return self.info.get("goal")
-
-    @property
-    def missed(self) -> dict[str, str]:
-        """Image label -> why it missed the goal; empty when every image reached it."""
-        return dict((self.goal or {}).get("missed", {}))
 
     def __len__(self) -> int:
         return len(self.images)

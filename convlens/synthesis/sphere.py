@@ -33,6 +33,11 @@ class Sphere:
     center: torch.Tensor
     radius: float
 
+    @classmethod
+    def of(cls, info: dict, dtype: torch.dtype = torch.float32) -> "Sphere":
+        """The sphere a result recorded in its ``info`` (``center``: per channel, ``norm``: the radius)."""
+        return cls(torch.tensor(info["center"], dtype=dtype).reshape(1, -1, 1, 1), float(info["norm"]))
+
     def offset(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.center.to(device=x.device, dtype=x.dtype)                 # (N, C, H, W)
 
