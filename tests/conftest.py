@@ -306,3 +306,16 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def demo_copy(tmp_path_factory):
+    """A private copy of ``runs/demo`` (weights and manifest, no results), shared by one test module (the
+    explorer's tests)."""
+    import shutil
+
+    if not os.path.isfile(os.path.join(DEMO_DIR, "weights.safetensors")):
+        pytest.skip("runs/demo not built (`make demo`, or `make test`, which trains it)")
+    dst = tmp_path_factory.mktemp("web") / "demo"
+    shutil.copytree(DEMO_DIR, dst, ignore=shutil.ignore_patterns("results", "report", "ablation", "uploads"))
+    return dst
