@@ -12,7 +12,6 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InputError
 from ..results import saving
 from .app import app
 from .options import given_options, require_run_dir
@@ -28,17 +27,11 @@ def compute(run, *, indices: Optional[List[int]] = None, target=None, n: int = 4
             random_labels=None, **how):
     """The SanityResult of rows ``indices`` of the run's test split (default: ``n`` images, one per class,
     correctly classified where possible) against ``random_labels`` (a run directory, or None)."""
-    from ..training.evaluate import run_test_data
     from ..units.sanity import METHODS, sanity_check
-    from .backprop_cmds import pick_images
+    from .backprop_cmds import chosen_images
 
-    data = run_test_data(run)
-    if indices:
-        bad = [i for i in indices if not 0 <= i < len(data.labels)]
-        if bad:
-            raise InputError(f"--index must be rows of the test split, 0-{len(data.labels) - 1}; got {bad}")
-    rows = list(indices) if indices else pick_images(data, run.pixel_model(), n)
-    return sanity_check(run, data.images[rows], target, methods=tuple(methods or METHODS),
+    images = chosen_images(run, None, indices, n)[0]
+    return sanity_check(run, images, target, methods=tuple(methods or METHODS),
                         random_labels_model=random_labels, **how)
 
 
