@@ -86,6 +86,20 @@ def read_npz(path: str | os.PathLike) -> dict:
         return {k: f[k] for k in f.files}
 
 
+def write_json_npz(path: str | os.PathLike, meta: dict, **arrays) -> Path:
+    """``path`` (its suffix dropped) as a pair: ``.npz`` (the arrays) first, then ``.json`` (``meta``), both
+    atomic, so a JSON beside its arrays means both were written. Returns the JSON's path."""
+    stem = Path(path).with_suffix("")
+    atomic_write_npz(stem.parent / f"{stem.name}.npz", **arrays)
+    return atomic_write_json(stem.parent / f"{stem.name}.json", meta)
+
+
+def read_json_npz(path: str | os.PathLike) -> tuple[Any, dict]:
+    """(the JSON, the arrays) of a pair written by :func:`write_json_npz`."""
+    stem = Path(path).with_suffix("")
+    return read_json(stem.parent / f"{stem.name}.json"), read_npz(stem.parent / f"{stem.name}.npz")
+
+
 # ---- tensors: safetensors files (never pickle) ---------------------------------------------------
 
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None):

@@ -87,11 +87,10 @@ def as_dict(path: Path, value) -> None:
 
 def meta_arrays(path: Path, value) -> None:
     """``value``: (a JSON-able dict, {name: array}); the arrays first, so the JSON is written last."""
-    from ..io import atomic_write_json, atomic_write_npz
+    from ..io import write_json_npz
 
     meta, arrays = value
-    atomic_write_npz(path.with_suffix(".npz"), **arrays)
-    atomic_write_json(path, meta)
+    write_json_npz(path, meta, **arrays)
 
 
 def read_dict(path: Path) -> dict:
@@ -101,9 +100,9 @@ def read_dict(path: Path) -> dict:
 
 
 def read_meta_arrays(path: Path) -> tuple[dict, dict]:
-    from ..io import read_json, read_npz
+    from ..io import read_json_npz
 
-    return read_json(path), read_npz(path.with_suffix(".npz"))
+    return read_json_npz(path)
 
 
 def from_dict(cls: str):

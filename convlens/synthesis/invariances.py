@@ -131,19 +131,16 @@ class HessianInvariances(GoalInfo):
 
     def save(self, path: str | Path) -> Path:
         """``path``.json (numbers, info) + ``path``.npz (x*, directions), atomically."""
-        from ..io import atomic_write_json, atomic_write_npz
+        from ..io import write_json_npz
 
-        path = Path(path).with_suffix("")
-        atomic_write_npz(path.parent / f"{path.name}.npz", x_star=self.x_star.detach().float().cpu().numpy(),
-                         directions=self.directions.detach().float().cpu().numpy())
-        return atomic_write_json(path.parent / f"{path.name}.json", self.to_dict())
+        return write_json_npz(path, self.to_dict(), x_star=self.x_star.detach().float().cpu().numpy(),
+                              directions=self.directions.detach().float().cpu().numpy())
 
     @classmethod
     def load(cls, path: str | Path) -> "HessianInvariances":
-        from ..io import read_json, read_npz
+        from ..io import read_json_npz
 
-        path = Path(path).with_suffix("")
-        return cls.from_saved(read_json(path.parent / f"{path.name}.json"), read_npz(path.parent / f"{path.name}.npz"))
+        return cls.from_saved(*read_json_npz(path))
 
     @classmethod
     def from_saved(cls, d: dict, arrays: dict) -> "HessianInvariances":

@@ -116,19 +116,16 @@ class OptimalStimuli(GoalInfo):
 
     def save(self, path: str | Path) -> Path:
         """``path``.json (numbers, info) + ``path``.npz (images, history), atomically."""
-        from ..io import atomic_write_json, atomic_write_npz
+        from ..io import write_json_npz
 
-        path = Path(path).with_suffix("")
-        atomic_write_npz(path.parent / f"{path.name}.npz", images=self.images.detach().float().cpu().numpy(),
-                         history=np.asarray(self.history, dtype=np.float32))
-        return atomic_write_json(path.parent / f"{path.name}.json", self.to_dict())
+        return write_json_npz(path, self.to_dict(), images=self.images.detach().float().cpu().numpy(),
+                              history=np.asarray(self.history, dtype=np.float32))
 
     @classmethod
     def load(cls, path: str | Path) -> "OptimalStimuli":
-        from ..io import read_json, read_npz
+        from ..io import read_json_npz
 
-        path = Path(path).with_suffix("")
-        return cls.from_saved(read_json(path.parent / f"{path.name}.json"), read_npz(path.parent / f"{path.name}.npz"))
+        return cls.from_saved(*read_json_npz(path))
 
     @classmethod
     def from_saved(cls, d: dict, arrays: dict) -> "OptimalStimuli":
