@@ -1,5 +1,5 @@
 """Screenshots of each page type of the explorer for the README: ``python -m benchmarks.explorer_screenshots
-[RUN] [--prefix NAME]`` serves RUN (default runs/demo) on 127.0.0.1, waits for every page's background jobs,
+[RUN] [--prefix NAME] [--layer L --unit U]`` serves RUN (default runs/demo) on 127.0.0.1, waits for every page's background jobs,
 and writes docs/<prefix>_<page>.png with Debian's chromium (the browser tests' harness)."""
 from __future__ import annotations
 
@@ -10,10 +10,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pages(ex) -> dict[str, str]:
-    layer = ex.layers[min(2, len(ex.layers) - 1)]
-    return {"model": "", "layer": f"layers/{layer}", "unit": f"layers/{layer}/units/3", "image": "images/t7",
+def pages(ex, layer: str | None = None, unit: int = 3) -> dict[str, str]:
+    layer = layer or ex.layers[min(2, len(ex.layers) - 1)]
+    return {"model": "", "layer": f"layers/{layer}", "unit": f"layers/{layer}/units/{unit}", "image": "images/t7",
             "codes": "codes", "images": "images"}
+
+
+def _visit(page, url: str) -> bool:
+    """Open ``url``; False when the navigation was aborted (the page reloads itself when a job ends)."""
+    from playwright.sync_api import Error
+
+    try:
+        response = page.goto(url)
+    except Error:
+        return False
+    if response is not None and response.status >= 500:
+        raise RuntimeError(f"{url}: the server answered {response.status}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,15 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     args = argparse.ArgumentParser()
     args.add_argument("run", nargs="?", default=str(ROOT / "runs" / "demo"))
     args.add_argument("--prefix", default="explorer")
+    args.add_argument("--layer", help="the layer and unit pages' layer (default: the third)")
+    args.add_argument("--unit", type=int, default=3)
     opts = args.parse_args(argv)
     app = create_app(opts.run)
     ex = app.state.explorer
     with serving(app) as url, browser() as context:
         page = context.new_page()
-        for name, path in pages(ex).items():
+        for name, path in pages(ex, opts.layer, opts.unit).items():
             for _ in range(900):  # wait until the page has no job left
-                page.goto(url + path)
-                if page.locator(".job").count() == 0:
+                if _visit(page, url + path) and page.locator(".job").count() == 0:
                     break
                 time.sleep(1)
             if name == "image":  # start the occlusion map too
@@ -44,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                     button.first.click()
                     for _ in range(900):
                         time.sleep(1)
-                        page.goto(url + path)
-                        if page.locator(".job").count() == 0:
+                        if _visit(page, url + path) and page.locator(".job").count() == 0:
                             break
             page.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => i.loading = 'eager')")
             page.wait_for_load_state("networkidle")

@@ -33,6 +33,7 @@ TINY = {
     "inversion": dict(photo="camera", layers=["_relu0"], steps=40),
     "adversarial": dict(photos=["camera"], steps=10),
     "fooling images": dict(classes=["starfish"], steps=60),
+    "optimal stimuli": dict(n_inits=2, steps=3, k=2, refine=0),
 }
 
 
@@ -163,3 +164,15 @@ def test_demo_resumes_and_reports_every_step(run, capsys):
                     "adversarial", "fooling", "attribution", "sanity"):
         assert f'<section id="{section}"' in html
     assert "1000" in html and "lemon" in html and "ostrich" in html
+
+
+def test_optimal_stimuli_activations_are_the_units_mean_under_a_plain_forward(run):
+    store = ResultStore(run.dir)
+    stimuli, invariances = store.load("optimal-stimuli"), store.load("hessian-invariances")
+    assert (stimuli.info["layer"], stimuli.info["unit"]) == ("_blocks.10", 5)
+    with convlens.capture(run, ["_blocks.10"]) as acts:
+        acts.forward(stimuli.images)
+    mean = acts["_blocks.10"][:, 5].mean(dim=(1, 2))               # the unit: its channel's mean over positions
+    np.testing.assert_allclose(stimuli.activation, mean.double().numpy(), rtol=1e-4)
+    assert (stimuli.activation > stimuli.start_activation).all()
+    assert len(invariances.eigenvalues) >= 2 and invariances.info["smooth"]["beta"] == 10

@@ -68,6 +68,11 @@ DEMO = dict(
     sanity_max_steps=8,      # EfficientNet-Lite0's 19 layers (fc, head, 16 blocks, stem) merged into 8 cascade steps
     sanity_samples=10,       # SmoothGrad / IG inside the cascade: 9 models x 2 photos x every method
     sanity_steps=10,
+    stimuli_layer="_blocks.10",  # a deep block (receptive field beyond the crop): its optima fill the image
+    stimuli_unit=5,
+    stimuli_inits=4,         # random starts; in 60 steps each goes from about -1 to 56-58 (measured on unit 5)
+    stimuli_steps=60,
+    invariances_k=8,         # about 100 Hessian-vector products of 150,528 dimensions (~1 min on one thread)
 )
 
 Step = tuple[str, tuple[str, ...], str]
@@ -83,6 +88,7 @@ STEPS: list[Step] = [
     ("inversion", ("inversion",), f"{_HERE}:demo_inversion"),
     ("adversarial", ("adversarial",), f"{_HERE}:demo_adversarial"),
     ("fooling images", ("fooling-gradient",), f"{_HERE}:demo_fooling"),
+    ("optimal stimuli", ("optimal-stimuli", "hessian-invariances"), f"{_HERE}:demo_invariances"),
 ]
 
 
@@ -227,6 +233,22 @@ def demo_sanity(run, *, photos=DEMO["sanity_photos"], max_steps: int = DEMO["san
         saver.save(result)
         saver.figure(lambda: to_png(result.plot()))
         saver.figure(lambda: to_png(result.plot_maps()), "-maps")
+
+
+def demo_invariances(run, *, layer: str = DEMO["stimuli_layer"], unit: int = DEMO["stimuli_unit"],
+                     n_inits: int = DEMO["stimuli_inits"], steps: int = DEMO["stimuli_steps"],
+                     k: int = DEMO["invariances_k"], refine: int = 50) -> None:
+    """Optimal stimuli of one deep unit from several random starts (Erhan et al. 2009) and the Hessian
+    invariances of the best (Le et al. 2010), on one torch thread: batch-1 Hessian-vector products are many
+    small ops, which a second thread slows down whenever the other core is busy."""
+    from .invariances_cmds import compute_invariances
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compute_invariances(run, layer, unit, n_inits=n_inits, steps=steps, k=k, refine=refine)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def demo_occlusion(run, *, photos=DEMO["occlusion_photos"], window: int = DEMO["occlusion_window"],

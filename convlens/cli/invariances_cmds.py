@@ -26,7 +26,7 @@ STIMULI, INVARIANCES = "optimal-stimuli", "hessian-invariances"
 
 
 def compute_invariances(run, layer=None, unit=None, *, target=None, n_inits: int = 8, norm=None, steps: int = 200,
-                        k: int = 8, beta: float | None = 10.0, seed: int = 0, options: dict | None = None,
+                        k: int = 8, beta: float | None = 10.0, refine: int = 50, seed: int = 0, options: dict | None = None,
                         stimuli_options: dict | None = None, progress: bool = False):
     """The optima of one unit (or class score) from ``n_inits`` starts and the invariances of the best, each
     saved as the default result or beside it with ``stimuli_options`` / ``options`` (the command's, see
@@ -49,7 +49,7 @@ def compute_invariances(run, layer=None, unit=None, *, target=None, n_inits: int
         saved.append(out.save(stimuli))
         out.figure(lambda: to_png(optimal_stimuli_figure(stimuli)))
     with saving(run, INVARIANCES, options) as out:
-        result = hessian_invariances(run, at=stimuli, k=k, beta=beta, seed=seed)
+        result = hessian_invariances(run, at=stimuli, k=k, beta=beta, refine=refine, seed=seed)
         saved.append(out.save(result))
         out.figure(lambda: to_png(invariances_figure(result)))
     return stimuli, result, [p for p in saved if p is not None]

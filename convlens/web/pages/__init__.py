@@ -8,10 +8,12 @@ One module a page, one a section of a page (with its PNGs), and a few helpers wi
 
 * ``/``: ``model`` (the table, charts, evaluation and its confusion cells, health, probes);
 * ``/layers/{layer}``: ``layer``, with ``filters``; ``/layers/{layer}/units/{unit}``: ``unit``, with
-  ``patches`` (the top patches, also the layer's thumbnails), ``projections``, ``histogram``, ``unit_model``;
+  ``patches`` (the top patches, also the layer's thumbnails), ``projections``, ``histogram``, ``unit_model``,
+  ``unit_invariances`` (optimal stimuli and their Hessian invariances);
   helper: ``conv_units`` (layer and unit lookup and checks);
 * ``/images``: ``image_list`` (and uploads, every image's PNG); ``/images/{id}``: ``image``, with
-  ``activations``, ``image_maps`` (saliency, deconvnet, guided), ``occlusion``, ``neighbours``;
+  ``activations``, ``image_maps`` (saliency, deconvnet, guided), ``image_attribution`` (Grad-CAM, SmoothGrad,
+  IG), ``occlusion``, ``neighbours``; ``/sanity``: ``sanity`` (the sanity checks' verdicts, linked from the maps);
 * ``/codes``: ``codes``; helper: ``code_cache`` (the CNN codes, also for the neighbours);
 * ``predictions`` (helper: what the model predicts for an image and for the data, class names);
 * ``/label``: ``label``, ``label_game``.
@@ -25,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-MODULES = ("model", "layer", "filters", "unit", "patches", "projections", "unit_model", "image_list", "image",
-           "activations", "image_maps", "occlusion", "codes", "label")
+MODULES = ("model", "layer", "filters", "unit", "patches", "projections", "unit_model", "unit_invariances",
+           "image_list", "image", "activations", "image_maps", "image_attribution", "sanity", "occlusion", "codes",
+           "label")
 
 
 @dataclass(frozen=True)

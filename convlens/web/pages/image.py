@@ -4,6 +4,8 @@
   score the backprop views and the occlusion map follow (default: the top-1 class);
 * one conv layer's activations as a channel grid (:mod:`.activations`);
 * saliency with its GrabCut mask, deconvnet and guided backprop for the target (:mod:`.image_maps`);
+* Grad-CAM, Grad-CAM++ and guided Grad-CAM for the target, SmoothGrad and Integrated Gradients on demand (a
+  job), with the sanity checks' verdicts where the run has them (:mod:`.image_attribution`, :mod:`.sanity`);
 * the occlusion map, a background job started by the page's button (:mod:`.occlusion`);
 * its nearest neighbours in code space and in pixel space (:mod:`.neighbours`);
 * previous/next image (arrow keys) and up to ``/images``.
@@ -16,6 +18,7 @@ from .. import uploads as up
 from ..params import image_id
 from . import page
 from .activations import activations_section
+from .image_attribution import attribution_section
 from .image_maps import VIEWS, scripted_note
 from .neighbours import neighbours
 from .occlusion import occlusion_section
@@ -62,6 +65,7 @@ def image_page(ex, request) -> dict:
     if out["label"] is not None:
         out["label"]["model_index"] = int(model_labels(ex)[row])
     out["activations"], out["activations_error"] = activations_section(ex, request, shown)
+    out["attribution"] = attribution_section(ex, shown, k, predicted)
     out["occlusion"] = occlusion_section(ex, shown, k, predicted)
     out["neighbors"] = neighbours(ex, shown)
     return out

@@ -1,6 +1,7 @@
 """``/layers/{layer}/units/{unit}``: one unit. Its top-k patches (the crop, and the whole image with its
 receptive-field box: :mod:`.patches`), their deconvnet projections (:mod:`.projections`), an image
-optimized to excite it (on demand: :mod:`.unit_model`), its activation histogram over the data
+optimized to excite it (on demand: :mod:`.unit_model`), its optimal stimuli from several starts and their
+Hessian invariances (on demand: :mod:`.unit_invariances`), its activation histogram over the data
 (:mod:`.histogram`) and the classes of its top images; previous/next unit and layer.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from .conv_units import check_layer, check_unit, layers_around, png_url, quoted,
 from .histogram import histogram
 from .patches import mined_units, patches, unit_status
 from .projections import projections
+from .unit_invariances import invariances_section
 from .unit_model import unit_model_section
 
 
@@ -44,6 +46,7 @@ def unit_page(ex, request) -> dict:
            "histogram": None, "histogram_job": None, "note": None, "data_error": ex.data_or_error()[1]}
     out["unit_model"], out["unit_model_job"] = unit_model_section(ex, layer, unit)
     out["unit_model_start"] = f"api/layers/{quoted(layer)}/units/{unit}/unit-model"
+    out["invariances"] = invariances_section(ex, layer, unit)
     if out["data_error"]:
         return out
     top, version, job = patches(ex, layer)
