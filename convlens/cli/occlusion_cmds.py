@@ -67,7 +67,8 @@ def compute(run, indices=None, image: Path | None = None, *, options: dict | Non
 
 def maps(run, indices=None, image: Path | None = None, *, target=None, layer: str | None = None,
          unit: int | None = None, window: int = 16, stride: int = 4, baseline: float = 0.5,
-         method: str = "incremental", batch_size: int = 32, tau: float = 0.35, progress: bool = False) -> list:
+         method: str = "incremental", batch_size: int = 32, tau: float = 0.35, drill_down: float | None = None,
+         progress: bool = False) -> list:
     """Occlusion maps of test images ``indices`` (default: 3 of different classes) or of one image file."""
     from ..data.images import load_image
     from ..training.evaluate import run_test_data
@@ -78,14 +79,14 @@ def maps(run, indices=None, image: Path | None = None, *, target=None, layer: st
         c, h, w = run.input_shape
         x = load_image(image, size=(h, w), channels=c)
         return [occlusion(run, x, target, window, stride, baseline, layer, unit, method=method,
-                          batch_size=batch_size, tau=tau, progress=progress)]
+                          batch_size=batch_size, tau=tau, drill_down=drill_down, progress=progress)]
     data = run_test_data(run)
     found = []
     for i in (pick_images(run) if not indices else indices):
         if not 0 <= i < len(data.labels):
             raise expect("--index", f"a test image row in [0, {len(data.labels) - 1}]", i)
         m = occlusion(run, data.images[i], target, window, stride, baseline, layer, unit, method=method,
-                      batch_size=batch_size, tau=tau, progress=progress)
+                      batch_size=batch_size, tau=tau, drill_down=drill_down, progress=progress)
         found.append(_with(m, label=int(data.labels[i]), index=int(i)))
     return found
 
@@ -121,6 +122,9 @@ def occlusion_cmd(
                                                                   "bounded, or the map is recomputed exactly)."),
     tau: float = typer.Option(0.35, "--tau", help="With --approximate: the largest patch per axis, as a fraction "
                                                   "of its map."),
+    drill_down: Optional[float] = typer.Option(None, "--drill-down", help="Approximate mode with adaptive drill-down "
+                                               "(implies --approximate): a coarse map, the fine stride only near its "
+                                               "top R fraction of positions, the rest interpolated; R in (0, 1]."),
     batch_size: int = typer.Option(32, "--batch-size", help="Positions per forward."),
     out: Optional[Path] = typer.Option(None, "--out", help="Result JSON (default: RUN/results/occlusion.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of the summary."),
@@ -129,11 +133,17 @@ def occlusion_cmd(
     Fig. 7), by exact incremental inference."""
     from ..training.runs import load_run
 
+    if drill_down is not None and not 0 < drill_down <= 1:
+        raise expect("--drill-down", "a fraction in (0, 1]", drill_down)
     loaded = load_run(run)
+    options = given_options(ctx, "occlusion")
+    if drill_down is not None:  # a result of its own, beside the default
+        options["drill_down"] = drill_down
     tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
-    found, saved = compute(loaded, index, image, options=given_options(ctx, "occlusion"), out=out, target=tgt,
+    found, saved = compute(loaded, index, image, options=options, out=out, target=tgt,
                            layer=layer, unit=unit, window=window, stride=stride, baseline=baseline,
-                           method="approximate" if approximate else "incremental", batch_size=batch_size, tau=tau)
+                           method="approximate" if approximate or drill_down is not None else "incremental",
+                           batch_size=batch_size, tau=tau, drill_down=drill_down)
     if as_json:
         payload = [m.to_dict() for m in found]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))

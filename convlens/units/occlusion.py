@@ -76,6 +76,7 @@ from ..errors import ConvLensError, InputError, expect
 from ..layers import model_label
 from ..inputs import as_images, forward_errors
 from .occlusion_bound import verify
+from .occlusion_drill import Drill, default_coarse_stride, drill_down as _drill_down
 from .occlusion_map import OcclusionMap, OcclusionMaps, load_maps, save_maps  # noqa: F401  (the results, re-exported)
 
 METHODS = ("incremental", "full", "approximate")
@@ -87,7 +88,8 @@ EXACT_TOL = 1e-4  # |delta probability| above which a re-checked position means 
 def occlusion(model_or_run, x, target=None, window: int | None = None, stride: int | None = None,
               baseline=None, layer: str | None = None, unit: int | None = None, *, batch_size: int = 32,
               method: str = "incremental", tau: float = 0.35, max_error: float = 0.02, rho: float = 0.75,
-              check: int | None = None, progress: bool = False):
+              check: int | None = None, drill_down: float | None = None, coarse_stride: int | None = None,
+              min_ssim: float = 0.9, progress: bool = False):
     """Occlusion maps of one image (see the module docstring); for an (N, C, H, W) batch, ``OcclusionMaps``
     (one map per image, ``maps[i]``, plotted and saved together).
 
@@ -99,6 +101,10 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
     the map sampled for verification (default max(4, sqrt(positions))).
     ``method="approximate"``: ``tau`` is the largest patch per axis, as a fraction of its map; the map is
     recomputed exactly unless its error can be kept within ``max_error`` (module docstring).
+    ``drill_down=r`` (approximate only): a coarse map at ``coarse_stride`` (a multiple of ``stride``; default
+    the largest up to min(4 x stride, window)), the fine stride only near its top-``r`` fraction of positions,
+    the rest interpolated (``OcclusionMap.interpolated``); kept when its measured max |delta P| <= ``max_error``
+    and estimated SSIM >= ``min_ssim``, else widened and finally recomputed exactly (:mod:`.occlusion_drill`).
     """
     from ..training.runs import model_and_run
     from ..targets import target_indices
@@ -107,7 +113,7 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
     images = as_images(x, model)
     baseline = (0.5 if run is not None else 0.0) if baseline is None else baseline
     options = dict(batch_size=batch_size, method=method, tau=tau, max_error=max_error, rho=rho, check=check,
-                   progress=progress)
+                   drill_down=drill_down, coarse_stride=coarse_stride, min_ssim=min_ssim, progress=progress)
     if len(images) > 1:
         targets = [None] * len(images) if target is None else target_indices(
             target, len(images), class_names=getattr(model, "class_names", None)).tolist()
@@ -126,16 +132,25 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
         raise expect("check", "an int >= 0", check)
     if method not in METHODS:
         raise expect("method", f"one of {METHODS}", method)
-    for name, v in (("tau", tau), ("rho", rho), ("max_error", max_error)):
+    for name, v in (("tau", tau), ("rho", rho), ("max_error", max_error), ("min_ssim", min_ssim)) + \
+            ((("drill_down", drill_down),) if drill_down is not None else ()):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise expect(name, "a fraction in (0, 1]", v)
+    if drill_down is not None and method != "approximate":
+        raise expect("method", "'approximate' when drill_down is given", method)
+    if coarse_stride is not None:
+        if drill_down is None:
+            raise InputError(f"coarse_stride is given ({coarse_stride}) but drill_down is None; give drill_down too")
+        if not _is_int(coarse_stride) or coarse_stride < stride or coarse_stride % stride:
+            raise expect("coarse_stride", f"a multiple of stride ({stride}): {stride}, {2 * stride}, ...",
+                         coarse_stride)
     if unit is not None and layer is None:
         raise InputError(f"unit is given ({unit}) but layer is None; name the layer the unit belongs to")
     return _occlusion(model, run, images, target, window, stride, _baseline(baseline, c), layer, unit, **options)
 
 
 def _occlusion(model, run, images, target, window, stride, baseline, layer, unit, *, batch_size, method, tau,
-               max_error, rho, check, progress) -> OcclusionMap:
+               max_error, rho, check, drill_down, coarse_stride, min_ssim, progress) -> OcclusionMap:
     from ..layers import resolve
     from ..taps import eval_mode, model_device
     from ..targets import class_index, class_names_of
@@ -148,6 +163,12 @@ def _occlusion(model, run, images, target, window, stride, baseline, layer, unit
     rows, cols = np.arange(0, h - window + 1, stride), np.arange(0, w - window + 1, stride)
     positions = np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)        # (P, 2)
     names = class_names_of(model) or []
+    if drill_down is not None:
+        coarse_stride = default_coarse_stride(window, stride) if coarse_stride is None else coarse_stride
+        drill = dict(r=float(drill_down), step=coarse_stride // stride, min_ssim=min_ssim)
+        check = max(4, math.ceil(math.sqrt(len(positions)) / 3)) if check is None else check
+    else:
+        drill = None
     if check is None:
         check = max(4, math.ceil(math.sqrt(len(positions)))) if method == "approximate" else 1
     with eval_mode(model), torch.no_grad():
@@ -164,18 +185,25 @@ def _occlusion(model, run, images, target, window, stride, baseline, layer, unit
             unit = _unit(totals, unit, layer)
         sweep = _Sweep(model, x0, positions, window, patch, path, module, unit, batch_size, progress)
         out, act, used, note, bound = sweep.run(method, tau, rho, check, max_error, as_probs, target,
-                                                float(p0[target]))
+                                                float(p0[target]), drill)
     probs = _probabilities(out, as_probs)                                                    # (P, K)
     shape = (len(rows), len(cols))
     act_clean = float(totals[unit]) if path is not None else None
-    checked = {} if bound is None else dict(bound=bound.kind, verified_error=bound.found,
-                                            verified=bound.verified.reshape(shape),
-                                            truncated=bound.truncated.reshape(shape))
+    if isinstance(bound, Drill):
+        checked = dict(bound="sampled", verified_error=bound.error, verified=bound.verified.reshape(shape),
+                       truncated=bound.truncated.reshape(shape), interpolated=bound.interpolated.reshape(shape),
+                       ssim=bound.ssim, drill_down=bound.r, coarse_stride=int(drill["step"] * stride))
+        error, tau = bound.error, bound.tau
+    else:
+        checked = {} if bound is None else dict(bound=bound.kind, verified_error=bound.found,
+                                                verified=bound.verified.reshape(shape),
+                                                truncated=bound.truncated.reshape(shape))
+        error = None if bound is None else bound.error
     return OcclusionMap(probs[:, target].reshape(shape).numpy(), probs.argmax(1).reshape(shape).numpy(),
                         probs.max(1).values.reshape(shape).numpy(),
                         None if act is None else act.reshape(shape).cpu().numpy(), rows, cols, int(window),
                         int(stride), tuple(baseline), target, float(p0[target]), int(p0.argmax()), tuple(names),
-                        layer, unit, act_clean, used, note, None if bound is None else bound.error,
+                        layer, unit, act_clean, used, note, error,
                         tau if used == "approximate" else None, images[0].detach().cpu().float().numpy(),
                         model=_label(model, run), **checked)
 
@@ -188,11 +216,12 @@ class _Sweep:
         self.path, self.module, self.unit, self.batch_size, self.progress = path, module, unit, batch_size, progress
         self.graph, self.note = None, ""
 
-    def run(self, method, tau, rho, check, max_error, as_probs, target, p_clean):
-        """(outputs (P, K), activations (P,) or None, method used, note, Bound or None)."""
+    def run(self, method, tau, rho, check, max_error, as_probs, target, p_clean, drill=None):
+        """(outputs (P, K), activations (P,) or None, method used, note, Bound, Drill or None)."""
         exact = None if method == "full" else self._engine(None, rho)
         if exact is not None and method == "approximate":
-            kept = self._approximate(exact, tau, rho, check, max_error, as_probs, target, p_clean)
+            kept = self._drill(exact, tau, rho, check, max_error, as_probs, target, p_clean, **drill) if drill else \
+                self._approximate(exact, tau, rho, check, max_error, as_probs, target, p_clean)
             if kept is not None:
                 return kept
             check = min(check, 1)  # the exact map is re-checked as in exact mode
@@ -224,6 +253,39 @@ class _Sweep:
         if not self._agrees(idx, ref_out[idx], None if ref_act is None else ref_act[idx], as_probs):
             return self._all_full()
         return out, act, "approximate", self.note, bound
+
+    def _drill(self, exact, tau, rho, check, max_error, as_probs, target, p_clean, *, r, step, min_ssim):
+        """The drilled-down result (:mod:`.occlusion_drill`) with its Drill, or None to compute the map exactly."""
+
+        def replay(engine):
+            def probs(idx):
+                found = self._replay(engine, idx)
+                if found is None:
+                    raise _Unreplayable
+                return _probabilities(found[0], as_probs), found[1]
+            return probs
+
+        def engine_for(t):
+            engine = self._engine(t, rho)
+            if engine is None:
+                raise _Unreplayable
+            return replay(engine), engine.kept
+
+        try:
+            found = _drill_down(engine_for, replay(exact), self.grid, step, r, tau, target, p_clean, check,
+                                max_error, min_ssim)
+        except _Unreplayable:
+            return None
+        if isinstance(found, str):
+            self.note = f"approximate mode (tau={tau}, drill_down={r}): {found}; recomputed exactly"
+            return None
+        # outputs whose softmax is the probabilities (interpolated positions have no logits of their own)
+        out = found.probs if as_probs else found.probs.clamp_min(1e-300).log()
+        among = ~found.interpolated & (found.verified | ~found.truncated)  # exact values
+        idx = self._most_moved(out, among, 1, as_probs, target, p_clean)
+        if not self._agrees(idx, out[idx], None if found.act is None else found.act[idx], as_probs):
+            return self._all_full()
+        return out, found.act, "approximate", self.note, found
 
     def _all_full(self):
         return (*self._batches(self._full), "full", self.note, None)
@@ -305,6 +367,10 @@ class _Sweep:
             parts = [_forward(self.model, images[i:i + 1], self.path, self.unit) for i in range(len(idx))]
             return torch.cat([p[0] for p in parts]), None if self.path is None else torch.cat([p[1] for p in parts])
         return _forward(self.model, images, self.path, self.unit)
+
+
+class _Unreplayable(Exception):
+    """A replay failed (the reason is in the sweep's note): the map is computed another way."""
 
 
 def _forward(model, images, path, unit):

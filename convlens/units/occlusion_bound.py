@@ -73,10 +73,7 @@ def sample(grid, dropped, odds, moved, n) -> np.ndarray:
     that drops most (then: nearest the decision boundary, smallest |log-odds|), and the two truncated
     positions whose approximate P(target) ``moved`` most."""
     r, q = grid
-    rows = min(r, max(1, round(math.sqrt(n * r / q))))
-    cols = min(q, math.ceil(n / rows))
-    i, j = np.divmod(np.arange(r * q), q)
-    block = (i * rows // r) * cols + j * cols // q                                         # (P,)
+    block = blocks(grid, n)                                                                 # (P,)
     order = np.lexsort((np.abs(odds), -dropped, block))
     order = order[dropped[order] > 0]
     pick = np.zeros(r * q, dtype=bool)
@@ -84,6 +81,15 @@ def sample(grid, dropped, odds, moved, n) -> np.ndarray:
     candidates = np.flatnonzero(dropped > 0)
     pick[candidates[np.argsort(-moved[candidates])[:2]]] = True
     return pick
+
+
+def blocks(grid, n) -> np.ndarray:
+    """(P,) the block of each position of the ``grid`` (R, Q), row-major, for about ``n`` blocks tiling it."""
+    r, q = grid
+    rows = min(r, max(1, round(math.sqrt(n * r / q))))
+    cols = min(q, math.ceil(n / rows))
+    i, j = np.divmod(np.arange(r * q), q)
+    return (i * rows // r) * cols + j * cols // q
 
 
 def log_odds(out: torch.Tensor, as_probs: bool, target: int) -> np.ndarray:

@@ -49,6 +49,10 @@ class OcclusionMap:
     verified_error: float | None = None  # approximate: the largest |delta P(target)| at the verified positions
     verified: np.ndarray | None = None   # (R, Q) bool: positions recomputed exactly to measure the error
     truncated: np.ndarray | None = None  # (R, Q) bool: positions where some layer's patch was cut short
+    interpolated: np.ndarray | None = None  # drill-down: (R, Q) bool, interpolated from the coarse map
+    ssim: float | None = None       # drill-down: estimated SSIM of p_target against the exact map (data range 1)
+    drill_down: float | None = None  # drill-down: the fraction of coarse positions drilled into (after widening)
+    coarse_stride: int | None = None  # drill-down: the coarse map's stride
 
     @property
     def positions(self) -> np.ndarray:
@@ -74,6 +78,11 @@ class OcclusionMap:
             lines.append(f"  approximate (tau={self.tau}): |ΔP(target)| <= {self.approx_error:.2e}, {self.bound} "
                          f"({checked}, largest error there {self.verified_error:.2e}"
                          + ("; extrapolated to the others)" if self.bound == "sampled" else ")"))
+        if self.interpolated is not None:
+            lines.append(f"  drill-down {self.drill_down:g} (coarse stride {self.coarse_stride}): "
+                         f"{int(self.interpolated.sum())} of {self.interpolated.size} positions interpolated; "
+                         f"estimated SSIM {self.ssim:.4f}, max |ΔP| {self.verified_error:.2e} at "
+                         f"{int(self.verified.sum())} verified positions")
         if self.note:
             lines.append(f"  note: {self.note}")
         return "\n".join(lines)
@@ -91,11 +100,14 @@ class OcclusionMap:
                 "bound": self.bound, "verified_error": self.verified_error,
                 "verified": None if self.verified is None else self.verified.tolist(),
                 "truncated": None if self.truncated is None else self.truncated.tolist(),
+                "interpolated": None if self.interpolated is None else self.interpolated.tolist(),
+                "ssim": self.ssim, "drill_down": self.drill_down, "coarse_stride": self.coarse_stride,
                 "image_shape": None if self.image is None else list(self.image.shape)}
 
     @classmethod
     def from_dict(cls, d: dict, image: np.ndarray | None = None) -> "OcclusionMap":
         act, verified, truncated = d.get("activation"), d.get("verified"), d.get("truncated")
+        interpolated = d.get("interpolated")  # absent from files written before drill-down
         return cls(np.asarray(d["p_target"], float), np.asarray(d["top_class"], int), np.asarray(d["top_prob"], float),
                    None if act is None else np.asarray(act, float), np.asarray(d["rows"], int),
                    np.asarray(d["cols"], int), int(d["window"]), int(d["stride"]), tuple(d["baseline"]),
@@ -104,7 +116,9 @@ class OcclusionMap:
                    d.get("note", ""), d.get("approx_error"), d.get("tau"), image, d.get("label"), d.get("index"),
                    d.get("model", ""), d.get("bound"), d.get("verified_error"),
                    None if verified is None else np.asarray(verified, bool),
-                   None if truncated is None else np.asarray(truncated, bool))
+                   None if truncated is None else np.asarray(truncated, bool),
+                   None if interpolated is None else np.asarray(interpolated, bool), d.get("ssim"),
+                   d.get("drill_down"), d.get("coarse_stride"))
 
     def save(self, path: str | Path) -> Path:
         """``path`` (JSON: everything but the image) and ``path`` with suffix ``.npz`` (the maps and image)."""
