@@ -2,36 +2,50 @@
 
 Models: the demo run (``runs/demo``, shapesnet, 3x64x64; random weights when it was never built) on
 ``SHAPES_BATCH`` test images, and the pretrained EfficientNet-Lite0 on ``PHOTOS`` photos at 224x224. Every side
-gets the same images, targets, model in eval mode and ``torch.set_num_threads(THREADS)``.
+gets the same images, targets, model in eval mode and ``torch.set_num_threads(THREADS)`` (``BENCH_THREADS``,
+default 2).
 
 * Integrated Gradients, ``STEPS`` steps, baseline 0, Gauss-Legendre (Captum's default rule): convlens
   ``integrated_gradients(model, x, t, steps=STEPS, batch_size=B)`` vs Captum 0.9
-  ``IntegratedGradients(model).attribute(x, target=t, n_steps=STEPS, internal_batch_size=B)``;
+  ``IntegratedGradients(model).attribute(x, target=t, n_steps=STEPS, internal_batch_size=B)``: the same points
+  in the same passes of B rows. convlens also runs the images and baselines once, no gradient, for the scores
+  it reports (completeness); Captum, without ``return_convergence_delta``, does not;
 * SmoothGrad, ``SAMPLES`` samples, of the plain gradient: ``smoothgrad(..., method="gradient", n=SAMPLES,
   batch_size=B)`` vs ``NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=SAMPLES,
   nt_samples_batch_size=B // N, stdevs=0.15, target=t, abs=False)``: the same rows per pass, and the same
-  noise (both seeded alike; the images span [0, 1], so the relative 0.15 is Captum's absolute 0.15);
+  noise (both seeded alike; the images span [0, 1], so the relative 0.15 is Captum's absolute 0.15); convlens
+  also runs the clean images once, no gradient (the targets are checked against the scores' width);
 * Grad-CAM at the default layer vs bare: ``x.requires_grad_()``, ``model(x)``, the target scores summed,
   ``torch.autograd.grad(.., x)`` (what every input-gradient method costs at least); Captum's ``LayerGradCam``
   at the same layer for reference.
 
-``B`` (rows per pass) is ``BATCH[case]``. Time: median wall time of ``REPEATS`` runs after one warm-up each, the
-sides alternating so drift affects all. Goals: IG and SmoothGrad at least 1.2x faster than Captum
-(``vs_captum`` <= 0.83x), Grad-CAM ``ratio`` <= 1.05x bare.
+``B`` (rows per pass) is ``BATCH[case]``, the same for both sides. How each side runs its passes is its own:
+convlens lays the rows out channels-last and differentiates eval-mode batch norm as an affine map
+(``units/attribution.py``); Captum runs the model as given. ``max_diff`` is the largest difference between
+the two sides' maps relative to the largest value of Captum's (float32 rounding: the layouts sum in different
+orders). Time: ``REPEATS`` runs of each side after one warm-up each, alternating and swapping which side goes
+first every run (ABBA), so drift of a shared machine affects both; ``convlens_s`` and ``peer_s`` are each
+side's median (``vs_captum`` their ratio), ``speedup`` the median of the runs' ratios (Captum's time /
+convlens's time in the same run, steadier on a busy machine than the ratio of the medians) and
+``speedup_range`` their range. Goals: IG and SmoothGrad at least 1.2x faster than Captum (``speedup`` >= 1.2),
+Grad-CAM ``ratio`` <= 1.05x bare.
 """
 from __future__ import annotations
 
+import os
+import statistics
+import time
 import warnings
 
 from .bench_backprop import _median_times
 from .demo_model import demo_model
 
-THREADS = 2
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 SHAPES_BATCH = 8
 PHOTOS = 2
 STEPS = SAMPLES = 50
 BATCH = {"shapes": 64, "efficientnet_lite0": 20}
-REPEATS = {"shapes": 5, "efficientnet_lite0": 3}
+REPEATS = {"shapes": 15, "efficientnet_lite0": 3}
 
 
 def _cases():
@@ -88,11 +102,16 @@ def run() -> list[dict]:
                 captum_sg, "captum NoiseTunnel(Saliency)"),
         }
         for method, (ours, captum, peer) in sides.items():
-            s = _median_times({"convlens": ours, "captum": captum}, REPEATS[case])
+            got, want = _maps(ours()), captum()  # the warm-up, and the two maps agree
+            ours_s, peer_s = _abba(ours, captum, REPEATS[case])
+            ratios = [p / o for o, p in zip(ours_s, peer_s)]
             rows.append({"case": f"{method} {case} {tuple(x.shape)}", "model": source, "threads": THREADS,
-                         "rows_per_pass": b, "convlens_s": s["convlens"], "peer": peer, "peer_s": s["captum"],
-                         "vs_captum": s["convlens"] / s["captum"], "speedup": s["captum"] / s["convlens"],
-                         "goal": "speedup >= 1.2x"})
+                         "rows_per_pass": b, "convlens_s": statistics.median(ours_s), "peer": peer,
+                         "peer_s": statistics.median(peer_s),
+                         "vs_captum": statistics.median(ours_s) / statistics.median(peer_s),
+                         "speedup": statistics.median(ratios),
+                         "speedup_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                         "max_diff": float((got - want).abs().max() / want.abs().max()), "goal": "speedup >= 1.2x"})
         s = _median_times({"bare": bare, "convlens": lambda: convlens.grad_cam(model, x, t),
                            "captum": lambda: LayerGradCam(model, module).attribute(x.clone(), target=t,
                                                                                   relu_attributions=True)},
@@ -102,6 +121,21 @@ def run() -> list[dict]:
                      "peer_s": s["captum"], "ratio": s["convlens"] / s["bare"], "vs_captum": s["convlens"] / s["captum"],
                      "goal": "ratio <= 1.05x"})
     return rows
+
+
+def _maps(result):
+    return getattr(result, "attributions", result)
+
+
+def _abba(ours, peer, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` runs of each side (no warm-up here), alternating, the first side swapped each run."""
+    times = {ours: [], peer: []}
+    for i in range(repeats):
+        for fn in (ours, peer) if i % 2 == 0 else (peer, ours):
+            t = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - t)
+    return times[ours], times[peer]
 
 
 if __name__ == "__main__":

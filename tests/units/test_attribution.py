@@ -130,6 +130,47 @@ def test_a_forward_that_needs_contiguous_tensors_gets_the_same_maps():
     got = smoothgrad(model, x, 2, method="gradient", n=4, noise=0.1, seed=1, batch_size=4)
     want = _noise_tunnel(Saliency, model, x, 2, n=4, per=2, sigma=0.1, seed=1, abs=False)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert torch._C._len_torch_function_stack() == 0  # the forward that failed left no mode behind
+
+
+class StatsNet(nn.Module):
+    """Batch norms far from the identity (the fixtures' are freshly built: mean 0, var 1, weight 1), which the
+    passes differentiate as affine maps: 2d with and without weights, 1d; and one without running statistics
+    (batch statistics even in eval mode), left to PyTorch's own backward."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(8)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 6)
+        self.bn, self.bn_plain, self.bn1d = nn.BatchNorm2d(4), nn.BatchNorm2d(4, affine=False), nn.BatchNorm1d(6)
+        self.bn_batch = nn.BatchNorm2d(4, track_running_stats=False)
+        with torch.no_grad():
+            for bn in (self.bn, self.bn_plain, self.bn1d):
+                bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.2, 3)
+            for bn in (self.bn, self.bn1d, self.bn_batch):
+                bn.weight.uniform_(-2, 2), bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        x = self.bn_batch(self.bn_plain(torch.relu(self.bn(self.conv(x)))))
+        return self.bn1d(self.fc(torch.flatten(x, 1)))
+
+
+def test_batch_norm_with_real_statistics_gets_the_same_maps():
+    from captum.attr import IntegratedGradients, Saliency
+
+    model = StatsNet().eval()
+    x, t = _images(model, 3, seed=9), torch.tensor([0, 5, 2])
+    state = model_state(model)
+    ig = integrated_gradients(model, x, t, steps=7, batch_size=6)
+    want = IntegratedGradients(model).attribute(x.clone(), target=t, n_steps=7, internal_batch_size=6)
+    torch.testing.assert_close(ig.attributions, want, rtol=1e-4, atol=1e-6)
+    got = smoothgrad(model, x, t, method="gradient", n=5, noise=0.2, seed=2, batch_size=6)
+    want = _noise_tunnel(Saliency, model, x, t, n=5, per=2, sigma=0.2, seed=2, abs=False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert_as_found(model, state)
+    assert torch._C._len_torch_function_stack() == 0  # no mode left behind
 
 
 def test_completeness_is_exact_for_a_model_linear_in_its_input():
