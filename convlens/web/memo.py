@@ -39,6 +39,16 @@ class LRU:
         found = self.get(key)
         return found if found is not None else self.put(key, make())
 
+    def get_or_make_locked(self, key: Hashable, make: Callable[[], Any], lock):
+        """The value kept under ``key``, else ``make()`` under ``lock`` (the model lock), kept: one computation
+        per key; a second request for it waits on the lock, then finds it."""
+        found = self.get(key)
+        if found is not None:
+            return found
+        with lock:
+            found = self.get(key)
+            return found if found is not None else self.put(key, make())
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -70,8 +70,9 @@ def browser():
 
 
 def watch_console(page) -> list[str]:
-    """The console errors and uncaught exceptions ``page`` gets from now on."""
+    """The console errors, uncaught exceptions and 5xx responses (with their URL) ``page`` gets from now on."""
     errors: list[str] = []
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 500 else None)
     return errors

@@ -4,8 +4,6 @@ occlusion job waited for in the page; then every page type on a model of one's o
 wrap`` (a 1-channel, non-square net), without console errors."""
 from __future__ import annotations
 
-import contextlib
-import io
 import re
 import shutil
 
@@ -14,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.web.browser import browser, serving, watch_console
-from tests.web.test_image_pages import GRAY_NET
+from tests.web.test_image_pages import wrapped_gray_run
 
 pytestmark = pytest.mark.slow
 JOB_WAIT_MS = 180_000  # a job page reloads itself when its job ends
@@ -49,18 +47,18 @@ def page(site):
 
 def test_click_from_the_model_to_a_layer_a_unit_and_an_image(page):
     page.goto(page.base)
-    page.get_by_role("link", name="conv3", exact=True).first.click()
+    page.locator("table.layers a[href$='layers/conv3']").first.click()
+    page.wait_for_url(re.compile(r"/layers/conv3$"))
     _settled(page)
-    assert page.url.endswith("/layers/conv3")
     page.locator("a[href$='layers/conv3/units/3']").first.click()
+    page.wait_for_url(re.compile(r"/layers/conv3/units/3$"))
     _settled(page)
-    assert page.url.endswith("/layers/conv3/units/3")
     assert page.locator("text=Top 9 patches").count() >= 1
     link = page.locator("a[href*='images/t']").first
     image_id = re.search(r"images/(t\d+)", link.get_attribute("href")).group(1)
     link.click()
+    page.wait_for_url(re.compile(f"/images/{image_id}$"))
     _settled(page)
-    assert page.url.endswith(f"/images/{image_id}")
     assert page.locator("#occlusion").count() == 1
     assert page.errors == []
 
@@ -105,24 +103,12 @@ def test_an_occlusion_job_is_waited_for_in_the_page(page):
 
 
 def test_every_page_type_of_a_wrapped_user_model(site, tmp_path):
-    from convlens.cli.app import main
     from convlens.web import create_app
 
-    (tmp_path / "gray.py").write_text(GRAY_NET)
-    rng = np.random.default_rng(0)
-    for c in ("a", "b", "c"):
-        (tmp_path / "data" / c).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (20, 28), dtype=np.uint8), "L").save(tmp_path / "data" / c / f"{i}.png")
-    with contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main(["wrap", f"{tmp_path / 'gray.py'}:make", "--out", str(tmp_path / "run"), "--input", "20x28x1",
-                  "--data", str(tmp_path / "data")])
-        except SystemExit as exit_:
-            assert not exit_.code
+    run = wrapped_gray_run(tmp_path, per_class=6)
     paths = ["", "layers/conv1", "layers/conv2/units/3", "images", "images/t4", "codes", "label"]
     context = site[1]  # the module's browser (Playwright's sync API runs one at a time)
-    with serving(create_app(tmp_path / "run")) as url:
+    with serving(create_app(run)) as url:
         page = context.new_page()
         errors = watch_console(page)
         for path in paths:

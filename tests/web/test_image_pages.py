@@ -331,24 +331,31 @@ def make():
 '''
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the TorchScript case
-def test_a_gray_non_square_user_model(tmp_path):
+def wrapped_gray_run(tmp_path, per_class: int = 5):
+    """``convlens wrap`` of GRAY_NET (1 channel, 20x28) with a folder of random gray images, 3 classes; the run."""
     from convlens.cli.app import main
 
     (tmp_path / "gray.py").write_text(GRAY_NET)
     rng = np.random.default_rng(0)
     for c in ("a", "b", "c"):
         (tmp_path / "data" / c).mkdir(parents=True)
-        for i in range(5):
-            pixels = rng.integers(0, 256, (20, 28), dtype=np.uint8)
-            Image.fromarray(pixels, "L").save(tmp_path / "data" / c / f"{i}.png")
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (20, 28), dtype=np.uint8), "L").save(tmp_path / "data" / c / f"{i}.png")
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             main(["wrap", f"{tmp_path / 'gray.py'}:make", "--out", str(tmp_path / "run"), "--input", "20x28x1",
                   "--data", str(tmp_path / "data")])
         except SystemExit as exit_:
             assert not exit_.code
-    gray_app = create_app(tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit: the TorchScript case
+def test_a_gray_non_square_user_model(tmp_path):
+    from convlens.cli.app import main
+
+    rng = np.random.default_rng(1)
+    gray_app = create_app(wrapped_gray_run(tmp_path))
     c = TestClient(gray_app)
     ex = gray_app.state.explorer
     twin = c.get("/api/images/t0").json()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import torch
+
 from ..errors import not_found
 
 
@@ -16,6 +18,20 @@ def convs(ex) -> dict:
 
         return {name: (path, module) for name, path, module in conv_layers(ex.run.model)}
     return ex.memo.once("convs", make)
+
+
+def weights(ex, layer: str):
+    """A CPU float32 copy of the conv layer's weight, kept. While a trace runs (the summary, receptive fields:
+    under the model lock) ``torch.func.functional_call`` swaps the module's parameters for meta stand-ins; a
+    reader that finds one waits for the lock, after which the real weight is back."""
+    def make():
+        module = convs(ex)[layer][1]
+        w = module.weight
+        if w.is_meta:
+            with ex.lock:
+                w = module.weight
+        return w.detach().to("cpu", dtype=torch.float32).clone()
+    return ex.memo.lru("weights", 256).get_or_make(layer, make)
 
 
 def check_layer(ex, layer: str) -> str:

@@ -5,11 +5,9 @@ filter x input channel grid, capped at :data:`FILTERS_SHOWN` x :data:`CHANNELS_S
 """
 from __future__ import annotations
 
-import torch
-
 from ..png import png
 from . import raw
-from .conv_units import check_layer, convs, png_url
+from .conv_units import check_layer, convs, png_url, weights
 
 FILTERS_SHOWN, CHANNELS_SHOWN = 64, 32  # the grey filter x channel grid of a higher layer, at most
 DIAGNOSES_KEPT = 256
@@ -27,7 +25,7 @@ def filters_of(ex, layer: str) -> dict:
 
 
 def _diagnosis(ex, layer: str, found) -> dict:
-    path, module = convs(ex)[layer]
+    path, _ = convs(ex)[layer]
     diagnosis, source = None, "computed from the weights"
     if found is not None:
         try:
@@ -38,8 +36,8 @@ def _diagnosis(ex, layer: str, found) -> dict:
         from ...layers import user_path
         from ...units.filters import diagnose_weights
 
-        diagnosis = diagnose_weights(module.weight, name=layer, path=user_path(ex.run.model, path)).to_dict()
-    shape = list(module.weight.shape)
+        diagnosis = diagnose_weights(weights(ex, layer), name=layer, path=user_path(ex.run.model, path)).to_dict()
+    shape = list(weights(ex, layer).shape)
     copies = [i for i, c in enumerate(diagnosis.get("copy_of") or []) if c is not None and c >= 0]
     rgb = _rgb_grid(ex, layer)
     shown = (f"all {shape[0]} filters" if rgb else
@@ -57,7 +55,7 @@ def _diagnosis(ex, layer: str, found) -> dict:
 def _rgb_grid(ex, layer: str) -> bool:
     """One tile per filter (RGB for the layer that sees the image, grey for one input channel), else the
     filter x channel grey grid."""
-    w = convs(ex)[layer][1].weight
+    w = weights(ex, layer)
     return w.shape[1] == 1 or (layer == ex.layers[0] and w.shape[1] == 3)
 
 
@@ -66,6 +64,6 @@ def filters_png(ex, request):
     from ...plots.filters import channel_canvas, rgb_canvas
 
     layer = check_layer(ex, request.path_params["layer"])
-    w = convs(ex)[layer][1].weight.detach().to("cpu", torch.float32).numpy()
+    w = weights(ex, layer).numpy()
     canvas = rgb_canvas(w) if _rgb_grid(ex, layer) else channel_canvas(w[:FILTERS_SHOWN, :CHANNELS_SHOWN])
     return png(canvas, size=480)

@@ -79,25 +79,17 @@ def cam_maps(ex, image_id: str, target: int) -> CamMaps:
     """Grad-CAM, Grad-CAM++ and guided Grad-CAM of the image for ``target`` at the default layer, computed
     under the model lock on first request and kept in memory (ConvLensError when the model has no layer for
     Grad-CAM, e.g. TorchScript)."""
-    cache = ex.memo.lru("cams", CAMS_KEPT)
-    key = (image_id, target)
-    found = cache.get(key)
-    if found is not None:
-        return found
     from ...units.gradcam import grad_cam, guided_grad_cam
 
-    with ex.lock:  # one computation per key: a second request waits here, then finds it
-        found = cache.get(key)
-        if found is None:
-            x = up.image(ex, image_id)[None]                                    # (1, C, H, W)
-            cam = grad_cam(ex.run, x, target)
-            plus = grad_cam(ex.run, x, target, plus=True)
-            guided = guided_grad_cam(ex.run, x, target)                         # (1, C, H, W)
-            as_np = lambda t: t.detach().cpu().float().numpy()  # noqa: E731
-            found = cache.put(key, CamMaps(images=as_np(x), gradcam=as_np(cam.upsampled),
-                                           gradcam_pp=as_np(plus.upsampled), guided_gradcam=as_np(guided),
-                                           cam=as_np(cam.cam), layer=cam.layer))
-    return found
+    def make() -> CamMaps:
+        x = up.image(ex, image_id)[None]                                        # (1, C, H, W)
+        cam = grad_cam(ex.run, x, target)
+        plus = grad_cam(ex.run, x, target, plus=True)
+        guided = guided_grad_cam(ex.run, x, target)                             # (1, C, H, W)
+        as_np = lambda t: t.detach().cpu().float().numpy()  # noqa: E731
+        return CamMaps(images=as_np(x), gradcam=as_np(cam.upsampled), gradcam_pp=as_np(plus.upsampled),
+                       guided_gradcam=as_np(guided), cam=as_np(cam.cam), layer=cam.layer)
+    return ex.memo.lru("cams", CAMS_KEPT).get_or_make_locked((image_id, target), make, ex.lock)
 
 
 def cam_error(ex) -> str | None:

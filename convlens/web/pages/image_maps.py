@@ -26,21 +26,14 @@ MAPS_KEPT = 24  # (image, target) pairs whose views stay in memory
 def views(ex, image_id: str, target: int):
     """The BackpropResult of the image for ``target`` (one image): a result the CLI saved for it, else
     ``explain`` under the model lock, kept in memory."""
-    cache = ex.memo.lru("maps", MAPS_KEPT)
-    key = (image_id, target)
-    found = cache.get(key)
-    if found is not None:
-        return found
-    with ex.lock:  # one computation per key: a second request waits here, then finds it
-        found = cache.get(key)
-        if found is None:
-            found = _cli_views(ex, image_id, target)
+    def make():
+        found = _cli_views(ex, image_id, target)
         if found is None:
             row = up.row_of(image_id)
             x = up.image(ex, image_id)[None]
             found = _explain(ex, x, target, () if row is None else (row,), f"{ex.name} image {image_id}")
-        cache.put(key, found)
-    return found
+        return found
+    return ex.memo.lru("maps", MAPS_KEPT).get_or_make_locked((image_id, target), make, ex.lock)
 
 
 def scripted_note(ex) -> str | None:
