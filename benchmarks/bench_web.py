@@ -35,6 +35,19 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def wait_up(client, base: str, seconds: float = 60.0) -> None:
+    """Wait until the server at ``base`` answers (its stylesheet), at most ``seconds``."""
+    import httpx
+
+    for _ in range(int(seconds * 10)):
+        try:
+            client.get(base + "static/explorer.css")
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the explorer at {base} did not answer within {seconds:.0f} s")
+
+
 def _kind(path: str) -> str:
     return re.sub(r"/(t?\d+|conv\w+|[\w.]+(?=/units))", "/*", path.split("?")[0])
 
@@ -98,12 +111,7 @@ def run() -> list[dict]:
     base = f"http://127.0.0.1:{port}/"
     try:
         with httpx.Client(timeout=300) as client:
-            for _ in range(300):
-                try:
-                    client.get(base + "static/explorer.css")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_up(client, base)
             t = time.perf_counter()
             paths = _crawl(client, base)
             warm = time.perf_counter() - t

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench_web import _port
+from .bench_web import _port, wait_up
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 12
@@ -55,12 +55,7 @@ def _case(name: str, source: Path) -> dict:
     ours, peer = [], []
     try:
         with httpx.Client(timeout=600) as client:
-            for _ in range(600):
-                try:
-                    client.get(base + "static/explorer.css")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_up(client, base)
             rows = range(1, IMAGES + 2)  # the first: warm-up of both sides (kernels, the server's data)
             for k, row in enumerate(rows):
                 x = data.images[row][None]
