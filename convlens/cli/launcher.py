@@ -8,7 +8,8 @@ it joins the process group (gloo for a model on the CPU, NCCL on CUDA), gives th
 ``launch.shard`` (``rank=``, ``world_size=``), so each rank computes its shard and every rank gets the
 whole back (``convlens.shards``), and lets rank 0 alone write (``launch.saving``) and print: the other
 ranks' stdout and stderr go nowhere while the command runs (errors still print). The group is destroyed
-when the command ends, also on an error. Without those variables the command runs as one process.
+when the command ends (after a barrier when it succeeded), also on an error. Without those variables the
+command runs as one process.
 Every rank reads the run directory and writes its own shard of a cache (``--out``, ``RUN/codes``), so
 across machines RUN must be on a shared filesystem. Results equal one process's with the same threads per
 process (torchrun sets ``OMP_NUM_THREADS=1``; a backward pass may sum in another order with more threads).
@@ -128,12 +129,16 @@ def launched(device=None, env: Mapping[str, str] = os.environ) -> Iterator[Launc
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=launch.rank,
                                 world_size=launch.world_size)
         joined = True
+    finished = False
     try:
         if launch.leader:
             yield launch
         else:
             with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
                 yield launch
+        finished = True
     finally:
         if joined:
+            if finished:  # every rank done before any tears its connections down (a rank that left first made
+                dist.barrier()  # gloo abort the other's exit); not after an error: the others may never get here
             dist.destroy_process_group()
