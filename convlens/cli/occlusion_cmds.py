@@ -67,7 +67,7 @@ def compute(run, indices=None, image: Path | None = None, *, options: dict | Non
 
 def maps(run, indices=None, image: Path | None = None, *, target=None, layer: str | None = None,
          unit: int | None = None, window: int = 16, stride: int = 4, baseline: float = 0.5,
-         method: str = "incremental", batch_size: int = 32, tau: float = 0.35, drill_down: float | None = None,
+         method: str = "incremental", batch_size: int = 32, tau: float | None = None, drill_down: float | None = None,
          progress: bool = False) -> list:
     """Occlusion maps of test images ``indices`` (default: 3 of different classes) or of one image file."""
     from ..data.images import load_image
@@ -120,8 +120,9 @@ def occlusion_cmd(
     approximate: bool = typer.Option(False, "--approximate", help="Krypton's approximate mode (faster; its error "
                                                                   "is verified on a sample covering the map and "
                                                                   "bounded, or the map is recomputed exactly)."),
-    tau: float = typer.Option(0.35, "--tau", help="With --approximate: the largest patch per axis, as a fraction "
-                                                  "of its map."),
+    tau: Optional[float] = typer.Option(None, "--tau", help="With --approximate: the largest patch per axis, as a "
+                                                            "fraction of its map (default 0.35; with --drill-down "
+                                                            "1, no truncation)."),
     drill_down: Optional[float] = typer.Option(None, "--drill-down", help="Approximate mode with adaptive drill-down "
                                                "(implies --approximate): a coarse map, the fine stride only near its "
                                                "top R fraction of positions, the rest interpolated; R in (0, 1]."),
@@ -137,8 +138,6 @@ def occlusion_cmd(
         raise expect("--drill-down", "a fraction in (0, 1]", drill_down)
     loaded = load_run(run)
     options = given_options(ctx, "occlusion")
-    if drill_down is not None:  # a result of its own, beside the default
-        options["drill_down"] = drill_down
     tgt = int(target) if target is not None and target.lstrip("-").isdigit() else target
     found, saved = compute(loaded, index, image, options=options, out=out, target=tgt,
                            layer=layer, unit=unit, window=window, stride=stride, baseline=baseline,

@@ -138,7 +138,7 @@ ANALYSES: dict[str, Analysis] = {a.name: a for a in [
     Analysis("sanity", ("index", "target", "n", "method", "random_labels_run", "max_steps", "samples", "steps", "seed"),
              _METHOD, "convlens.units.sanity:SanityResult.load"),
     Analysis("occlusion", ("image", "index", "target", "window", "stride", "baseline", "layer", "unit",
-                           "approximate", "tau"), f"{_HERE}:maps", "convlens.units.occlusion:load_maps"),
+                           "approximate", "tau", "drill_down"), f"{_HERE}:maps", "convlens.units.occlusion:load_maps"),
     Analysis("class-model", ("classes", "seeds", "steps"), f"{_HERE}:class_model",
              "convlens.synthesis.class_model:load_optimized", data=False),
     Analysis("unit-model", ("layer", "unit", "seeds", "steps"), f"{_HERE}:class_model",

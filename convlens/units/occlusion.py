@@ -87,7 +87,7 @@ EXACT_TOL = 1e-4  # |delta probability| above which a re-checked position means 
 
 def occlusion(model_or_run, x, target=None, window: int | None = None, stride: int | None = None,
               baseline=None, layer: str | None = None, unit: int | None = None, *, batch_size: int = 32,
-              method: str = "incremental", tau: float = 0.35, max_error: float = 0.02, rho: float = 0.75,
+              method: str = "incremental", tau: float | None = None, max_error: float = 0.02, rho: float = 0.75,
               check: int | None = None, drill_down: float | None = None, coarse_stride: int | None = None,
               min_ssim: float = 0.9, progress: bool = False):
     """Occlusion maps of one image (see the module docstring); for an (N, C, H, W) batch, ``OcclusionMaps``
@@ -99,7 +99,8 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
     covers this fraction of its map is computed whole (Krypton's threshold; speed only).
     ``check``: positions re-computed with full forwards (default 1); for ``approximate``, the blocks of
     the map sampled for verification (default max(4, sqrt(positions))).
-    ``method="approximate"``: ``tau`` is the largest patch per axis, as a fraction of its map; the map is
+    ``method="approximate"``: ``tau`` is the largest patch per axis, as a fraction of its map (default 0.35; with
+    ``drill_down``, 1: drill-down computes its positions whole unless ``tau`` is given); the map is
     recomputed exactly unless its error can be kept within ``max_error`` (module docstring).
     ``drill_down=r`` (approximate only): a coarse map at ``coarse_stride`` (a multiple of ``stride``; default
     the largest up to min(4 x stride, window)), the fine stride only near its top-``r`` fraction of positions,
@@ -112,6 +113,7 @@ def occlusion(model_or_run, x, target=None, window: int | None = None, stride: i
     model, run = model_and_run(model_or_run)
     images = as_images(x, model)
     baseline = (0.5 if run is not None else 0.0) if baseline is None else baseline
+    tau = (0.35 if drill_down is None else 1.0) if tau is None else tau
     options = dict(batch_size=batch_size, method=method, tau=tau, max_error=max_error, rho=rho, check=check,
                    drill_down=drill_down, coarse_stride=coarse_stride, min_ssim=min_ssim, progress=progress)
     if len(images) > 1:

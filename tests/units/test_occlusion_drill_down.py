@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.interpolate import RegularGridInterpolator
+from scipy.interpolate import LinearNDInterpolator
 from skimage.metrics import structural_similarity
 
 from convlens import InputError
@@ -66,43 +66,69 @@ def test_reported_ssim_matches_the_ssim_of_the_whole_exact_map(name, window, str
     assert not (result.verified & result.interpolated).any()
 
 
-def _near(shape, centres, step):
+def _near(shape, centres, step, spacing=1):
     i, j = np.divmod(np.arange(shape[0] * shape[1]), shape[1])
     ci, cj = np.divmod(np.asarray(centres), shape[1])
-    return ((np.abs(i[:, None] - ci) < step) & (np.abs(j[:, None] - cj) < step)).any(1).reshape(shape)
+    di, dj = i[:, None] - ci, j[:, None] - cj
+    return ((np.abs(di) < step) & (di % spacing == 0) & (np.abs(dj) < step) & (dj % spacing == 0)).any(1)
 
 
-@pytest.mark.parametrize("r", [0.1, 0.3])
-def test_interpolated_positions_are_bilinear_between_the_coarse_ones(r):
-    """tau=1 cuts nothing, so the coarse map is exact and the rule can be replayed here from the naive loop."""
+@pytest.mark.parametrize("r,coarse_stride", [(0.1, 4), (0.3, 4), (0.1, 3)])
+def test_the_drill_down_rule_replayed_from_the_naive_loop(r, coarse_stride):
+    """tau=1 cuts nothing, so every computed value is exact and the documented rule (coarse lattice, then at
+    each level the m most sensitive known positions and their neighbours on the next lattice) can be replayed
+    here from the naive loop's map; interpolated values are scipy's piecewise-linear interpolation of the
+    computed ones."""
     model = FIXTURE_MODELS["tiny_resnet"]().eval()
     x = _image((3, 30, 27), seed=2)
-    window, stride, coarse_stride = 6, 1, 4
+    window, stride = 6, 1
     result = occlusion(model, x, window=window, stride=stride, method="approximate", drill_down=r, tau=1.0,
                        coarse_stride=coarse_stride, min_ssim=0.01, max_error=1.0)  # a bound met in one round
     p, _ = naive(model, x, window, stride)
     exact = p[..., result.target]                                                          # (R, Q)
-    assert result.method == "approximate" and result.interpolated.shape == exact.shape
-    assert np.array_equal(result.rows, np.arange(0, 30 - window + 1)) and len(result.cols) == exact.shape[1]
-    # the coarse grid: every 4th position and the last, per axis
-    ci = sorted(set(range(0, exact.shape[0], 4)) | {exact.shape[0] - 1})
-    cj = sorted(set(range(0, exact.shape[1], 4)) | {exact.shape[1] - 1})
-    coarse = np.zeros_like(result.interpolated)
-    coarse[np.ix_(ci, cj)] = True
-    assert not (coarse & result.interpolated).any()
-    # the top-r coarse positions by |delta P| and what lies within one coarse stride of them are computed
-    flat = np.flatnonzero(coarse.reshape(-1))
-    moved = np.abs(exact.reshape(-1)[flat] - result.p_clean)
-    chosen = flat[np.argsort(-moved, kind="stable")[:math.ceil(r * len(flat))]]
-    drilled = _near(exact.shape, chosen, coarse_stride // stride)
-    assert np.array_equal(result.interpolated, ~drilled & ~coarse & ~result.verified)
-    # computed positions are exact; interpolated ones bilinear between the exact coarse values
+    shape = exact.shape
+    assert result.method == "approximate" and result.interpolated.shape == shape
+    assert np.array_equal(result.rows, np.arange(0, 30 - window + 1)) and len(result.cols) == shape[1]
+    # the coarse grid: every step-th position and the last, per axis
+    ci = sorted(set(range(0, shape[0], coarse_stride)) | {shape[0] - 1})
+    cj = sorted(set(range(0, shape[1], coarse_stride)) | {shape[1] - 1})
+    known = np.zeros(shape, dtype=bool)
+    known[np.ix_(ci, cj)] = True
+    known = known.reshape(-1)
+    m = math.ceil(r * known.sum())
+    moved = np.abs(exact.reshape(-1) - result.p_clean)
+    spacing = coarse_stride
+    while spacing > 1:
+        finer = max(1, spacing // 2)
+        idx = np.flatnonzero(known)
+        hot = idx[np.argsort(-moved[idx], kind="stable")[:m]]
+        known |= _near(shape, hot, spacing, finer)
+        spacing = finer
+    computed = ~result.interpolated.reshape(-1)
+    assert not (known & ~computed).any()  # every position the levels chose is computed
+    # the TOP positions that move most are exact, and their neighbours computed
+    top = np.argsort(-np.abs(result.p_target.reshape(-1) - result.p_clean), kind="stable")[:5]
+    assert computed[_near(shape, top, 2)].all()
+    # computed positions are exact; interpolated ones linear between the computed ones
     assert np.abs(result.p_target - exact)[~result.interpolated].max() <= EXACT_TOL
-    between = RegularGridInterpolator((np.array(ci), np.array(cj)), exact[np.ix_(ci, cj)])
-    grid = np.stack(np.meshgrid(np.arange(exact.shape[0]), np.arange(exact.shape[1]), indexing="ij"), -1)
-    np.testing.assert_allclose(result.p_target[result.interpolated], between(grid)[result.interpolated],
-                               atol=EXACT_TOL)
+    assert result.interpolated.any() and (~result.interpolated).sum() < 0.6 * exact.size
+    at = np.stack(np.divmod(np.arange(exact.size), shape[1]), 1)
+    between = LinearNDInterpolator(at[computed], exact.reshape(-1)[computed])(at).reshape(shape)
+    np.testing.assert_allclose(result.p_target[result.interpolated], between[result.interpolated], atol=EXACT_TOL)
     assert (result.top_prob >= result.p_target - 1e-12).all()
+
+
+def test_a_one_row_map_is_interpolated_along_its_row():
+    model = FIXTURE_MODELS["tiny_resnet"]().eval()
+    x = _image((3, 6, 40), seed=4)
+    result = occlusion(model, x, window=6, stride=1, method="approximate", drill_down=0.2, tau=1.0, coarse_stride=4,
+                       min_ssim=0.01, max_error=1.0)
+    p, _ = naive(model, x, 6, 1)
+    exact = p[..., result.target][0]                                                        # (Q,)
+    assert result.p_target.shape == (1, 35) and result.interpolated.any()
+    done = ~result.interpolated[0]
+    q = np.arange(len(exact))
+    np.testing.assert_allclose(result.p_target[0], np.interp(q, q[done], exact[done]), atol=EXACT_TOL)
 
 
 def test_drilling_into_every_coarse_position_interpolates_nothing():
