@@ -23,20 +23,22 @@ the coarse map shows that the prediction is sensitive, the rest interpolated.
 the map moves most (until they are all exact), and in each of ``check`` blocks tiling the map one position
 that is neither computed exactly nor verified: in even blocks the interpolated one whose triangle's corners
 spread most in P(target) (else the truncated one), in odd blocks the truncated one whose patches dropped the
-largest share (else the interpolated one). A position is *exact* when the approximate replay cut none of its
-patches. There the error of P(target) is measured before the exact value replaces it: ``verified_error`` is the
-largest |delta P| of the last round's sample (an earlier round's failures were replaced by exact values and
-refined around, feedback below).
+largest share (else the interpolated one); ties go to the position farthest from every computed one. A position
+is *exact* when the approximate replay cut none of its patches. There the error of P(target) is measured before
+the exact value replaces it: ``verified_error`` is the largest |delta P| of the last round's sample (an earlier
+round's failures were replaced by exact values and refined around, feedback below).
 
 The **SSIM** reported (:mod:`.occlusion_ssim`, ``data_range`` 1) is that of the result against an estimate of the
 exact map: the result where it is exact or verified; elsewhere the result plus an error field of random signs
-whose size at each position is the root mean square of the measured errors of the same kind (interpolated, or
-truncated) nearby (Gaussian weights over the grid, sigma one coarse stride, in positions), the mean over
-``DRAWS`` fields of a fixed seed. The measured errors: those of the last round's verified positions, and for
-interpolation also every position drill-down computed, whose value was first predicted linearly from the
-positions known before it (``holdout``: free, and as drill-down goes where the map moves most, pessimistic).
-It is an estimate from a sample, not a proof; on the fixture models of the tests it is within ``SSIM_TOL`` of
-the SSIM of the whole exact map against the result, and on EfficientNet-Lite0 it errs low.
+(the mean over ``DRAWS`` fields of a fixed seed) whose size at a position is the root mean square of the last
+round's verified errors of the same kind (interpolated, or truncated) nearby (Gaussian weights over the grid,
+sigma one coarse stride, in positions), and for an interpolated position also sqrt(a + b x spread^2), where
+spread is the range of P(target) over its triangle's corners and a, b >= 0 fit error^2 = a + b spread^2 over
+every measured interpolation error: the verified ones, and every position drill-down computed, whose value
+was first predicted linearly from those known before it (``holdout``, free). It is an estimate from a sample,
+not a proof: on the fixture models of the tests it is within ``SSIM_TOL`` of the SSIM of the whole exact map
+against the result; a spot of a position or two that neither the coarse map nor the sample touches (saturated
+nets) is missed.
 
 **Feedback** (each round, at most ``ROUNDS``): while ``verified_error`` > ``max_error`` or the SSIM <
 ``min_ssim``: a failing interpolated position has the fine positions less than ``max(2, step // 2)`` from it
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.optimize import nnls
 
 from .occlusion_bound import blocks, verify
 from .occlusion_ssim import ssim
@@ -173,7 +176,7 @@ def drill_down(engine_for, exact, grid, step, r, tau, target, p_clean, check, ma
             replay, kept = engine_for(tau)
             s.compute(np.flatnonzero(s.computed & ~s.exact), replay, kept)
             continue
-        new = s.verify(_sample(s, block, check), exact, target)
+        new = s.verify(_sample(s, block, check, grid), exact, target)
         while True:  # the TOP positions that move most are exact, and so are their neighbours' values known
             top = np.argsort(-np.abs(s.probs[:, target].numpy() - p_clean), kind="stable")[:TOP]
             todo, around = top[~s.exact[top]], np.flatnonzero(near(grid, top, 2) & ~s.known)
@@ -208,6 +211,8 @@ class _State:
         self.verified = np.zeros(n, dtype=bool)
         self.sampled = np.zeros(n, dtype=bool)       # verified in this round (the error measured now)
         self.holdout = np.full(n, np.nan)            # computed in drill-down: result - its linear prediction
+        self.holdout_spread = np.full(n, np.nan)     # ... and the spread of P(target) over the prediction's corners
+        self.sample_spread = np.full(n, np.nan)      # verified interpolated positions: their corners' spread then
         self.interpolated = np.zeros(n, dtype=bool)
         self.err = np.full(n, np.nan)                # exact - result P(target) where verified, before the fix
         self.kind = np.zeros(n, dtype=np.int8)       # at verification: 1 interpolated, 2 truncated
@@ -230,7 +235,9 @@ class _State:
             guess = None
             if grid is not None and self.probs is not None:
                 verts, w = linear_weights(grid, np.flatnonzero(self.known), idx)
-                guess = (w * self.probs[verts, self.target].numpy()).sum(1)
+                corners = self.probs[verts, self.target].numpy()
+                guess = (w * corners).sum(1)
+                self.holdout_spread[idx] = _spread(corners, w)
             self._store(idx, *replay(idx))
             self.replays += len(idx)
             if guess is not None:
@@ -255,8 +262,7 @@ class _State:
         self.probs[idx] = (w[..., None] * self.probs[verts]).sum(1)
         if self.act is not None:
             self.act[idx] = (w * self.act[verts]).sum(1)
-        corners = self.probs[verts, self.target].numpy()
-        self.spread[idx] = np.where(w > 0, corners, -np.inf).max(1) - np.where(w > 0, corners, np.inf).min(1)
+        self.spread[idx] = _spread(self.probs[verts, self.target].numpy(), w.numpy())
 
     def verify(self, idx, exact, target) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
@@ -266,6 +272,7 @@ class _State:
         probs, act = exact(idx)
         self.err[idx] = (probs[:, target] - self.probs[idx, target]).numpy()
         self.kind[idx] = np.where(self.interpolated[idx], 1, 2)
+        self.sample_spread[idx] = np.where(self.interpolated[idx], self.spread[idx], np.nan)
         self._store(idx, probs, act)
         self.verified[idx] = self.exact[idx] = self.sampled[idx] = True
         self.interpolated[idx] = False
@@ -303,32 +310,46 @@ class _State:
     def ssim(self, grid, step, target) -> float:
         """SSIM of the result's P(target) against its estimated exact map (module docstring)."""
         p = self.probs[:, target].numpy()                                                  # (P,)
-        spread = np.zeros(self.n)
+        size = np.zeros(self.n)
         unknown = ~self.exact
         i, j = np.divmod(np.arange(self.n), grid[1])
         for kind, where in ((1, unknown & self.interpolated), (2, unknown & ~self.interpolated)):
             src = np.flatnonzero(self.sampled & (self.kind == kind))
-            errors = self.err[src]
-            if kind == 1:
-                held = np.flatnonzero(np.isfinite(self.holdout))
-                src, errors = np.concatenate([src, held]), np.concatenate([errors, self.holdout[held]])
             dst = np.flatnonzero(where)
-            if not len(src) or not len(dst):
+            if not len(dst):
                 continue
-            d2 = (i[dst, None] - i[src]) ** 2 + (j[dst, None] - j[src]) ** 2                 # (D, S)
-            w = np.exp(-0.5 * d2 / step ** 2) + 1e-12
-            spread[dst] = np.sqrt((w * errors ** 2).sum(1) / w.sum(1))
+            if len(src):  # the measured errors nearby (root mean square, Gaussian weights)
+                d2 = (i[dst, None] - i[src]) ** 2 + (j[dst, None] - j[src]) ** 2             # (D, S)
+                w = np.exp(-0.5 * d2 / step ** 2) + 1e-12
+                size[dst] = np.sqrt((w * self.err[src] ** 2).sum(1) / w.sum(1))
+            if kind == 1:  # and error^2 = a + b spread^2 fitted over every sample (a, b >= 0), at this spread
+                held = np.isfinite(self.holdout)
+                errors = np.concatenate([self.holdout[held], self.err[src]])
+                spreads = np.concatenate([self.holdout_spread[held], self.sample_spread[src]])
+                if len(errors):
+                    (a, b), _ = nnls(np.stack([np.ones_like(spreads), spreads ** 2], 1), errors ** 2)
+                    size[dst] = np.sqrt(size[dst] ** 2 + a + b * self.spread[dst] ** 2)
         rng = np.random.default_rng(0)
-        draws = [ssim((p + spread * rng.standard_normal(self.n)).reshape(grid), p.reshape(grid)) for _ in range(DRAWS)]
+        draws = [ssim((p + size * rng.standard_normal(self.n)).reshape(grid), p.reshape(grid)) for _ in range(DRAWS)]
         return float(np.mean(draws))
 
 
-def _sample(s: _State, block, check) -> np.ndarray:
+def _spread(corners: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(M,) max - min of the (M, 3) corner values that carry weight."""
+    return np.where(w > 0, corners, -np.inf).max(1) - np.where(w > 0, corners, np.inf).min(1)
+
+
+def _sample(s: _State, block, check, grid) -> np.ndarray:
     """One position per block that is neither exact nor verified (module docstring): even blocks the interpolated
-    one whose triangle's corners spread most, odd blocks the truncated one that dropped most (else the other kind)."""
+    one whose triangle's corners spread most, odd blocks the truncated one that dropped most (else the other kind);
+    ties: the one farthest from every computed position (where a spot the computed ones missed is likeliest)."""
+    from scipy.ndimage import distance_transform_edt
+
     if not check:
         return np.zeros(0, dtype=np.int64)
     dropped = 1.0 - s.kept_seen
+    far = distance_transform_edt(~s.known.reshape(grid)).reshape(-1)
+    far = far / (far.max() + 1.0)                                                           # in [0, 1)
     interp, trunc = ~s.exact & s.interpolated, ~s.exact & s.computed
     picks = []
     for b in np.unique(block):
@@ -338,6 +359,6 @@ def _sample(s: _State, block, check) -> np.ndarray:
         for mask, score in (first, second):
             cand = np.flatnonzero(here & mask)
             if len(cand):
-                picks.append(cand[np.argmax(score[cand])])
+                picks.append(cand[np.lexsort((-far[cand], -score[cand]))[0]])
                 break
     return np.asarray(picks, dtype=np.int64)

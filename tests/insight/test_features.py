@@ -231,6 +231,7 @@ def _dist_worker(rank, world_size, init, out, q):
         b = features(model, ds, ["conv1", "fc3"], batch_size=4, progress=False, rank=rank, world_size=world_size,
                      out=out)
         q.put((rank, a.arrays["fc3"].copy(), np.asarray(b.arrays["conv1"]).copy()))
+        torch.distributed.barrier()  # both done before either tears down (one leaving first aborts gloo)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -341,6 +341,7 @@ def _dist_worker(rank, world_size, init, out, q):
         tp = top_patches(model, tie_data(n=13), ["layer2", "fc"], k=3, batch_size=4, progress=False, rank=rank,
                          world_size=world_size, out=out)
         q.put((rank, tp.indices["layer2"].copy(), tp.exact_values["fc"].copy(), tp.boxes["layer2"].copy()))
+        torch.distributed.barrier()  # both done before either tears down (one leaving first aborts gloo)
     finally:
         torch.distributed.destroy_process_group()
 
