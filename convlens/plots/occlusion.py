@@ -1,5 +1,6 @@
 """Occlusion figure after Zeiler & Fergus 2014, Fig. 7: one row per image, three columns --
-(a) the image under the map of P(target) per occluder position, (b) the most probable class per
+(a) the image under the map of P(target) per occluder position (after drill-down, dots mark the
+positions computed; the rest is interpolated), (b) the most probable class per
 position (a legend names the classes), (c) the total activation of one feature map per position.
 
 Each map cell sits at the centre of its occluder square and is ``stride`` pixels wide, so the maps
@@ -57,8 +58,13 @@ def occlusion_figure(maps: Sequence, *, alpha: float = 0.55, size: float = 2.7):
                                ls="--", ec="white"))
         fig.colorbar(plt.cm.ScalarMappable(norm=im.norm, cmap=im.cmap), ax=ax, fraction=0.046, pad=0.03)
         truth = f"true {m.name(m.label)}, " if m.label is not None else ""
-        ax.set_title(f"P({m.name(m.target)}): {m.p_clean:.2f} unoccluded,\nmin {m.p_target.min():.2f} (dashed square)",
-                     fontsize=8)
+        title = f"P({m.name(m.target)}): {m.p_clean:.2f} unoccluded,\nmin {m.p_target.min():.2f} (dashed square)"
+        if getattr(m, "interpolated", None) is not None:  # drill-down: dots where computed, the rest interpolated
+            i, j = np.nonzero(~m.interpolated)
+            ax.scatter(m.cols[j] + m.window / 2.0, m.rows[i] + m.window / 2.0, s=2, c="white", linewidths=0,
+                       label="computed")
+            title += f"\ndots: {len(i)} of {m.interpolated.size} computed, rest interpolated"
+        ax.set_title(title, fontsize=8)
         ax.set_ylabel((f"#{m.index} " if m.index is not None else "") + truth.rstrip(", "), fontsize=8)
         _frame(ax, m)
 
@@ -86,6 +92,8 @@ def occlusion_figure(maps: Sequence, *, alpha: float = 0.55, size: float = 2.7):
         _frame(ax, m)
     how = {"incremental": "exact incremental inference", "full": "full forwards",
            "approximate": f"approximate (tau={maps[0].tau})"}.get(maps[0].method, maps[0].method) if maps else ""
+    if maps and getattr(maps[0], "drill_down", None) is not None:
+        how += f", drill-down r={maps[0].drill_down:g}, estimated SSIM {maps[0].ssim:.3f}"
     if maps:
         fig.suptitle(f"Occlusion: {maps[0].window}x{maps[0].window} square of value "
                      f"{', '.join(f'{v:g}' for v in sorted(set(maps[0].baseline)))}, stride {maps[0].stride} "

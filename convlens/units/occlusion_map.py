@@ -73,13 +73,13 @@ class OcclusionMap:
         if self.activation is not None:
             lines.append(f"  {self.layer} unit {self.unit}: total activation {self.activation_clean:.4g} unoccluded, "
                          f"{self.activation.min():.4g} … {self.activation.max():.4g} occluded")
-        if self.approx_error is not None:
+        if self.approx_error is not None and self.interpolated is None:  # drill-down says its own below
             checked = f"{int(self.verified.sum())} of {int(self.truncated.sum())} truncated positions verified exactly"
             lines.append(f"  approximate (tau={self.tau}): |ΔP(target)| <= {self.approx_error:.2e}, {self.bound} "
                          f"({checked}, largest error there {self.verified_error:.2e}"
                          + ("; extrapolated to the others)" if self.bound == "sampled" else ")"))
         if self.interpolated is not None:
-            lines.append(f"  drill-down {self.drill_down:g} (coarse stride {self.coarse_stride}): "
+            lines.append(f"  drill-down {self.drill_down:g} (coarse stride {self.coarse_stride}, tau {self.tau:g}): "
                          f"{int(self.interpolated.sum())} of {self.interpolated.size} positions interpolated; "
                          f"estimated SSIM {self.ssim:.4f}, max |ΔP| {self.verified_error:.2e} at "
                          f"{int(self.verified.sum())} verified positions")

@@ -201,3 +201,19 @@ def test_model_left_as_found():
     state = model_state(model)
     occlusion(model, _image(model.input_shape), window=4, stride=1, method="approximate", drill_down=0.2)
     assert_as_found(model, state)
+
+
+def test_the_figure_marks_the_computed_positions():
+    from matplotlib.collections import PathCollection
+
+    model = FIXTURE_MODELS["tiny_resnet"]().eval()
+    x = _image((3, 30, 27), seed=2)
+    result = occlusion(model, x, window=6, stride=1, method="approximate", drill_down=0.1, coarse_stride=4,
+                       min_ssim=0.01, max_error=1.0)
+    assert result.method == "approximate" and result.interpolated.any()
+    fig = result.plot()
+    dots = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    assert len(dots) == 1 and len(dots[0].get_offsets()) == int((~result.interpolated).sum())
+    i, j = np.nonzero(~result.interpolated)  # each dot at the centre of its occluder square
+    np.testing.assert_allclose(dots[0].get_offsets(), np.c_[result.cols[j] + 3.0, result.rows[i] + 3.0])
+    assert "interpolated" in fig.axes[0].get_title() and "drill-down" in fig._suptitle.get_text()
