@@ -59,7 +59,7 @@ def occlusion_figure(maps: Sequence, *, alpha: float = 0.55, size: float = 2.7):
         fig.colorbar(plt.cm.ScalarMappable(norm=im.norm, cmap=im.cmap), ax=ax, fraction=0.046, pad=0.03)
         truth = f"true {m.name(m.label)}, " if m.label is not None else ""
         title = f"P({m.name(m.target)}): {m.p_clean:.2f} unoccluded,\nmin {m.p_target.min():.2f} (dashed square)"
-        if getattr(m, "interpolated", None) is not None:  # drill-down: dots where computed, the rest interpolated
+        if m.interpolated is not None:  # drill-down: dots where computed, the rest interpolated
             i, j = np.nonzero(~m.interpolated)
             ax.scatter(m.cols[j] + m.window / 2.0, m.rows[i] + m.window / 2.0, s=2, c="white", linewidths=0,
                        label="computed")
@@ -92,7 +92,7 @@ def occlusion_figure(maps: Sequence, *, alpha: float = 0.55, size: float = 2.7):
         _frame(ax, m)
     how = {"incremental": "exact incremental inference", "full": "full forwards",
            "approximate": f"approximate (tau={maps[0].tau})"}.get(maps[0].method, maps[0].method) if maps else ""
-    if maps and getattr(maps[0], "drill_down", None) is not None:
+    if maps and maps[0].drill_down is not None:
         how += f", drill-down r={maps[0].drill_down:g}, estimated SSIM {maps[0].ssim:.3f}"
     if maps:
         fig.suptitle(f"Occlusion: {maps[0].window}x{maps[0].window} square of value "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from starlette.testclient import TestClient
 
 import convlens
 from convlens.results import ResultStore
-from convlens.web import create_app
+from tests.web.explorer import explorer_app, wait_job
 
 ROW = 3
 LAYER, UNIT = "conv1", 0  # the cheapest unit to optimize (about half a minute on 2 cores)
@@ -32,10 +31,7 @@ LAYER, UNIT = "conv1", 0  # the cheapest unit to optimize (about half a minute o
 
 @pytest.fixture(scope="module")
 def app(demo_copy):
-    app = create_app(demo_copy)
-    yield app
-    for job in app.state.explorer.jobs.all():  # no job thread left computing when the module ends
-        job.wait(300)
+    yield from explorer_app(demo_copy, wait=300)
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +47,6 @@ def run(demo_copy):
 @pytest.fixture(scope="module")
 def image(app):
     return app.state.explorer.data.images[ROW][None]  # (1, C, H, W)
-
-
-def wait_job(client, job: dict, timeout: float = 300) -> dict:
-    end = time.time() + timeout
-    while True:
-        state = client.get(f"/api/jobs/{job['id']}").json()
-        if state["state"] in ("done", "failed"):
-            assert state["state"] == "done", state
-            return state
-        assert time.time() < end, f"job {job['title']} still {state['state']} after {timeout} s"
-        time.sleep(0.1)
 
 
 def cli(*args: str) -> str:
@@ -142,7 +127,7 @@ def test_the_smoothgrad_and_ig_job_runs_once_and_saves_the_clis_result(client, a
     second = client.post(f"/api/images/t{ROW}/attribution?target={k}")  # a double click: the same job
     assert first.status_code == second.status_code == 202
     assert first.json()["job"]["id"] == second.json()["job"]["id"]
-    wait_job(client, first.json()["job"])
+    wait_job(client, first.json()["job"], timeout=300)
     assert len([j for j in app.state.explorer.jobs.all() if j.key.startswith("attribution ")]) == 1
     again = client.post(f"/api/images/t{ROW}/attribution?target={k}")
     assert again.status_code == 200 and again.json()["state"] == "done"
@@ -240,7 +225,7 @@ def test_the_invariances_job_runs_once_and_saves_the_clis_results(client, app, d
     second = client.post("/" + before["start"])  # asked twice: one job
     assert first.status_code == second.status_code == 202
     assert first.json()["job"]["id"] == second.json()["job"]["id"]
-    wait_job(client, first.json()["job"])
+    wait_job(client, first.json()["job"], timeout=300)
     assert len([j for j in app.state.explorer.jobs.all() if j.key.startswith("hessian-invariances ")]) == 1
     assert client.post("/" + before["start"]).json() == {"job": None}  # saved: nothing to start
 

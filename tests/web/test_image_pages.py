@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,14 @@ from starlette.testclient import TestClient
 import convlens
 from convlens.units.segment import BackpropResult
 from convlens.web import create_app
+from tests.web.explorer import explorer_app, wait_job
 
 ROW = 3
 
 
 @pytest.fixture(scope="module")
 def app(demo_copy):
-    app = create_app(demo_copy)
-    yield app
-    for job in app.state.explorer.jobs.all():  # no job thread left computing when the module ends
-        job.wait(120)
+    yield from explorer_app(demo_copy, wait=120)
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +50,6 @@ def softmax_of(run, x) -> torch.Tensor:
     net = run.pixel_model().eval()
     with torch.no_grad():
         return torch.softmax(net(x[None]).double(), 1)[0]
-
-
-def wait_job(client, job: dict, timeout: float = 120) -> dict:
-    end = time.time() + timeout
-    while True:
-        state = client.get(f"/api/jobs/{job['id']}").json()
-        if state["state"] in ("done", "failed"):
-            assert state["state"] == "done", state
-            return state
-        assert time.time() < end, f"job {job['title']} still {state['state']} after {timeout} s"
-        time.sleep(0.1)
 
 
 def second_class(probs: torch.Tensor) -> int:

@@ -15,16 +15,14 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 import convlens
-from convlens.web import create_app
+from tests.web.explorer import explorer_app
 from convlens.web.uploads import MAX_BYTES, MAX_PIXELS
 
 
 @pytest.fixture(scope="module")
 def client(demo_copy):
-    app = create_app(demo_copy)
-    yield TestClient(app)
-    for job in app.state.explorer.jobs.all():  # the pages visited start jobs: none left running at the end
-        job.wait(120)
+    for app in explorer_app(demo_copy):  # the pages visited start jobs: none left running at the end
+        yield TestClient(app)
 
 
 def files_of(folder: Path) -> dict[str, tuple[int, int]]:
