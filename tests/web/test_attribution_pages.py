@@ -19,29 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from starlette.testclient import TestClient
 
 import convlens
 from convlens.results import ResultStore
-from tests.web.explorer import explorer_app, wait_job
+from tests.web.explorer import app, client, run, wait_job  # noqa: F401  (module fixtures)
 
 ROW = 3
 LAYER, UNIT = "conv1", 0  # the cheapest unit to optimize (about half a minute on 2 cores)
-
-
-@pytest.fixture(scope="module")
-def app(demo_copy):
-    yield from explorer_app(demo_copy, wait=300)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return TestClient(app)
-
-
-@pytest.fixture(scope="module")
-def run(demo_copy):
-    return convlens.load_run(demo_copy)
 
 
 @pytest.fixture(scope="module")

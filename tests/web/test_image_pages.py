@@ -21,24 +21,9 @@ from starlette.testclient import TestClient
 import convlens
 from convlens.units.segment import BackpropResult
 from convlens.web import create_app
-from tests.web.explorer import explorer_app, wait_job
+from tests.web.explorer import app, client, run, wait_job  # noqa: F401  (module fixtures)
 
 ROW = 3
-
-
-@pytest.fixture(scope="module")
-def app(demo_copy):
-    yield from explorer_app(demo_copy, wait=120)
-
-
-@pytest.fixture(scope="module")
-def client(app):
-    return TestClient(app)
-
-
-@pytest.fixture(scope="module")
-def run(demo_copy):
-    return convlens.load_run(demo_copy)
 
 
 @pytest.fixture(scope="module")
