@@ -7,9 +7,10 @@ the stride): a ``"window"`` step, re-run on windows with the op's zero / -inf pa
 A constant ``F.pad`` (TensorFlow's ``SAME`` padding, as ``TFSameConv2d`` pads before its convolution)
 is a window of one tap whose padding is its own widths, so it shifts the box and keeps it local.
 An element-wise op (ReLU, eval-mode BatchNorm, a residual add, concatenation along channels)
-changes the union of its inputs' boxes: a ``"pointwise"`` step. Any other op, and every op after a
-box covers ``rho`` of its map, is a ``"generic"`` step on whole maps. A box has one size per layer
-for all positions (a box near the border is moved inward).
+changes the union of its inputs' boxes: a ``"pointwise"`` step; an eval-mode ``F.batch_norm`` of a
+convolution's output that nothing else reads is folded into the convolution (an ``"alias"`` step).
+Any other op, and every op after a box covers ``rho`` of its map, is a ``"generic"`` step on whole
+maps. A box has one size per layer for all positions (a box near the border is moved inward).
 
 Approximate mode (Krypton's projective-field threshold ``tau``): a layer's box may grow beyond what
 the stride alone gives only up to ``tau`` of the map (per axis), centred on the true box; changes
@@ -21,6 +22,7 @@ that position is exact. The caller verifies the others (:mod:`.occlusion`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,14 +77,22 @@ class Window:
     pad: tuple[int, int, int, int]  # top, bottom, left, right
     fill: float
     run: Callable                   # (B, C, h', w') window -> (B, C', h, w)
+    full: Callable | None = None    # a convolution on whole maps, with its own padding (None: the op itself)
+    conv: tuple | None = None       # a convolution's (weight, bias, stride, padding, dilation, groups)
 
 
 @dataclass
 class Step:
     op: int
-    kind: str                       # "window", "pointwise" or "generic"
+    kind: str                       # "window", "pointwise", "generic" or "alias" (a batch norm folded away)
     window: Window | None = None
     crop: tuple[int, ...] = ()      # leaf positions of constant full-size maps to crop to the region
+    source: int | None = None       # "alias": the node whose value is this op's output
+
+
+def _conv(w, b, s, p, d, groups) -> Callable:
+    """A convolution fed channels-last maps (oneDNN's depthwise and dense CPU kernels run 1.3-1.7x faster so)."""
+    return lambda t: torch.conv2d(t.contiguous(memory_format=torch.channels_last), w, b, s, p, d, groups)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -110,6 +120,7 @@ class Plan:
         self.kept = np.ones(len(self.positions))  # (P,) share of its changed units each position keeps (tau)
         self.regions: dict[int, Region] = {graph.input: self._threshold(Region(self.positions.copy(), self.box, hw))}
         self.steps = [self._plan(i, op) for i, op in enumerate(graph.ops) if op.dynamic]
+        self._fold_batch_norms()
         self.last_use: dict[int, int] = {}  # node -> the last step that reads it (the runner then drops it)
         for j, step in enumerate(self.steps):
             for _, node in graph.ops[step.op].refs():
@@ -120,6 +131,43 @@ class Plan:
         return sum(s.kind != "generic" and not self.regions[self.g.ops[s.op].outputs[0]].full for s in self.steps)
 
     # ---- planning ---------------------------------------------------------------------------------
+    def _fold_batch_norms(self) -> None:
+        """An eval-mode ``F.batch_norm`` of a convolution's output that nothing else reads is folded into the
+        convolution (weight x gamma / sqrt(var + eps), the bias shifted to match), and its step passes the
+        convolution's patches on (``"alias"``): otherwise it costs a pass over every patch, as a ReLU does."""
+        made, readers = {}, Counter()
+        for j, step in enumerate(self.steps):
+            op = self.g.ops[step.op]
+            readers.update({n for _, n in op.refs()})
+            made.update((n, j) for n in op.outputs)
+        for j, step in enumerate(self.steps):
+            op = self.g.ops[step.op]
+            if step.kind != "pointwise" or op.func is not F.batch_norm:
+                continue
+            args, kwargs = tree_unflatten(op.leaves, op.spec)
+            x, mean, var, gamma, beta, _, _, eps = _bind(
+                args, kwargs, ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                {"weight": None, "bias": None, "momentum": 0.1, "eps": 1e-5})
+            if not isinstance(x, Ref) or x.node in (self.g.layer, self.g.output) or readers[x.node] != 1 \
+                    or any(self.dynamic(v) for v in (mean, var, gamma, beta)):
+                continue
+            win = self.steps[made[x.node]].window if x.node in made else None
+            if win is None or win.conv is None:
+                continue
+            w, b, s, p, d, groups = win.conv
+            scale = 1.0 / torch.sqrt(self.value(var).double() + eps)
+            if gamma is not None:
+                scale = scale * self.value(gamma).double()
+            shift = -self.value(mean).double() * scale
+            if beta is not None:
+                shift = shift + self.value(beta).double()
+            if b is not None:
+                shift = shift + b.double() * scale
+            w, b = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype), shift.to(w.dtype)
+            win.conv, win.run, win.full = (w, b, s, p, d, groups), _conv(w, b, s, 0, d, groups), _conv(w, b, s, p, d,
+                                                                                                        groups)
+            self.steps[j] = Step(step.op, "alias", source=x.node)
+
     def _threshold(self, r: Region) -> Region:
         if r.full or r.size[0] * r.size[1] >= self.rho * r.hw[0] * r.hw[1]:
             return Region.whole(r.hw, len(r.lo))
@@ -147,7 +195,7 @@ class Plan:
         return step or Step(index, "generic")
 
     def _plan_window(self, index, op, args, kwargs, out) -> Step | None:
-        name, x = op.name, (args[0] if args else kwargs.get("input"))
+        name, x, conv = op.name, (args[0] if args else kwargs.get("input")), None
         if not self._spatial(x):
             return None
         if any(self.dynamic(leaf) for leaf in op.leaves if leaf is not x):
@@ -158,11 +206,12 @@ class Plan:
                                                             "groups"), {"stride": 1, "padding": 0, "dilation": 1,
                                                                         "groups": 1})
             w, b, k, s, d = self.value(w), self.value(b), tuple(self.value(w).shape[-2:]), _pair(s), _pair(d)
+            conv = (w, b, s, p, d, groups)  # the padding as given, for whole maps
             if isinstance(p, str):
                 total = [d[i] * (k[i] - 1) if p == "same" else 0 for i in range(2)]
                 p = (total[0] // 2, total[1] // 2)
             p = _pair(p)
-            run = lambda t, w=w, b=b, s=s, d=d, g=groups: torch.conv2d(t, w, b, s, 0, d, g)  # noqa: E731
+            run = _conv(w, b, s, 0, d, groups)
             fill = 0.0
         elif name in ("max_pool2d", "_max_pool2d", "max_pool2d_with_indices"):
             _, k, s, p, d, _, ret = _bind(args, kwargs, ("input", "kernel_size", "stride", "padding", "dilation",
@@ -209,6 +258,8 @@ class Plan:
             need = (n_out[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1  # padded rows the op reads
             pad += [p[i], max(0, need - n_in[i] - p[i])]
         win = Window(k, s, d, (pad[0], pad[1], pad[2], pad[3]), fill, run)
+        if conv is not None:
+            win.conv, win.full = conv, _conv(*conv)
         self.regions[op.outputs[0]] = self._window_region(self.regions.get(x.node), win, n_out)
         return Step(index, "window", win)
 

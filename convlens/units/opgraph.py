@@ -100,22 +100,40 @@ def op_name(func) -> str:
 _SIGNATURES: dict[int, inspect.Signature | None] = {}
 
 
-def _inplace_flag(func, args, kwargs) -> bool:
-    """``inplace=True`` given by keyword or by position (``F.relu(x, True)``)."""
-    if kwargs.get("inplace") is True:
-        return True
+def _signature(func) -> inspect.Signature | None:
     if id(func) not in _SIGNATURES:
         try:
             _SIGNATURES[id(func)] = inspect.signature(func)
         except (TypeError, ValueError):
             _SIGNATURES[id(func)] = None
-    sig = _SIGNATURES[id(func)]
+    return _SIGNATURES[id(func)]
+
+
+def _inplace_flag(func, args, kwargs) -> bool:
+    """``inplace=True`` given by keyword or by position (``F.relu(x, True)``)."""
+    if kwargs.get("inplace") is True:
+        return True
+    sig = _signature(func)
     if sig is None or "inplace" not in sig.parameters:
         return False
     try:
         return sig.bind(*args, **kwargs).arguments.get("inplace") is True
     except TypeError:
         return False
+
+
+def as_inplace(func, args, kwargs) -> tuple | None:
+    """``(args, kwargs)`` with ``inplace=True`` for a function that takes ``inplace`` (``F.relu``,
+    ``F.hardtanh``); None for one that does not."""
+    sig = _signature(func)
+    if sig is None or "inplace" not in sig.parameters:
+        return None
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    bound.arguments["inplace"] = True
+    return bound.args, bound.kwargs
 
 
 def is_inplace(func, name: str, args, kwargs) -> bool:

@@ -78,6 +78,35 @@ class KitchenSink(nn.Module):
         return self.fc(y.reshape(y.size(0), -1))
 
 
+class FoldNet(nn.Module):
+    """Batch norms with drawn running statistics that the replay folds into their convolutions (with and
+    without affine, after a depthwise convolution) and one it must not fold (its input is read again);
+    activations whose input dies (run in place) and one whose input lives on under another name."""
+
+    input_shape = (3, 18, 14)
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn_a = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.dw, self.bn_dw = nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8, affine=False)
+        self.b, self.bn_b = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+        for bn in (self.bn_a, self.bn_dw, self.bn_b):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.2, 3)
+            if bn.affine:
+                nn.init.uniform_(bn.weight, 0.5, 2)
+                nn.init.uniform_(bn.bias, -1, 1)
+
+    def forward(self, x):                                                    # (N, 3, 18, 14)
+        a = F.relu6(self.bn_a(self.a(x)))                                     # folded; ReLU6 in place
+        d = self.bn_dw(self.dw(a))                                            # folded: (N, 8, 9, 7)
+        e = F.relu(d.float())                                                 # d.float() is d, read again below
+        y = self.b(e)
+        z = self.bn_b(y) + y                                                  # y read twice: not folded
+        return self.fc((z + d).mean((2, 3)))
+
+
 class ValueBranch(nn.Module):
     """Control flow on tensor values: a recording of one image cannot stand for the others."""
 
@@ -163,6 +192,21 @@ def test_grammar_net_with_lecture_layer_and_strongest_unit():
     assert result.unit == int(acts["conv3"][0].sum((1, 2)).argmax())
     assert result.method == "incremental"
     assert_matches(result, net, x, 9, 4, 0.0, "features.conv3")
+
+
+@pytest.mark.parametrize("layer", [None, "a", "bn_a", "b"])
+def test_batch_norms_folded_into_convolutions_and_activations_in_place(layer):
+    from convlens.units.incremental import Incremental
+    from convlens.units.opgraph import record
+
+    model = _seeded(FoldNet)
+    x = _image(model.input_shape, seed=3)
+    result = occlusion(model, x, window=5, stride=2, baseline=0.5, layer=layer, batch_size=6)
+    assert result.method == "incremental", result.note
+    assert_matches(result, model, x, 5, 2, 0.5, layer)
+    module = dict(model.named_modules())[layer] if layer else None
+    steps = Incremental(record(model, x[None], module), np.array([[0, 0], [9, 6]]), 5).plan.steps
+    assert sum(step.kind == "alias" for step in steps) == (1 if layer == "a" else 2)  # never bn_b; not a layer
 
 
 def test_kitchen_sink_model_and_per_channel_baseline():
