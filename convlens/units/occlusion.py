@@ -268,7 +268,7 @@ class _Sweep:
             return probs
 
         def engine_for(t):
-            engine = self._engine(t, rho)
+            engine = exact if t >= 1.0 else self._engine(t, rho)  # tau 1 cuts nothing: the exact plan
             if engine is None:
                 raise _Unreplayable
             return replay(engine), engine.kept
