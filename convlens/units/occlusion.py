@@ -60,6 +60,8 @@ its map per axis: changes outside it are dropped, which is faster and not exact.
 * The map is recomputed exactly (``method`` then says ``"incremental"`` and ``note`` why) when a
   verified position is off by more than ``max_error``, or when keeping every bound within
   ``max_error`` would need more than a quarter of the positions verified (exact is cheaper then).
+  Positions it already replayed exactly (the verified ones; with drill-down at ``tau`` 1 every computed
+  one) are kept, and only the rest replayed (``note`` says how many were kept).
   ``check=0`` verifies nothing: ``approx_error`` is None and ``note`` says the error is unknown.
 * The bound is on P(target); the top class, its probability and the activation map are approximate
   too. The exact replay behind the verification is checked with a full forward at one position, as
@@ -217,6 +219,7 @@ class _Sweep:
         self.model, self.x0, self.positions, self.window, self.patch = model, x0, positions, window, patch
         self.path, self.module, self.unit, self.batch_size, self.progress = path, module, unit, batch_size, progress
         self.graph, self.note = None, ""
+        self.known = None  # (done (P,) bool, outputs, activations) the exact engine computed before a fall back
 
     def run(self, method, tau, rho, check, max_error, as_probs, target, p_clean, drill=None):
         """(outputs (P, K), activations (P,) or None, method used, note, Bound, Drill or None)."""
@@ -227,7 +230,7 @@ class _Sweep:
             if kept is not None:
                 return kept
             check = min(check, 1)  # the exact map is re-checked as in exact mode
-        found = None if exact is None else self._replay(exact)
+        found = None if exact is None else self._replay_rest(exact)
         if found is None:
             return self._all_full()
         out, act = found
@@ -245,7 +248,7 @@ class _Sweep:
         out, act = found
         if check == 0:
             return out, act, "approximate", "approximate mode not verified (check=0): its error is unknown", None
-        bound = verify(lambda idx: self._replay(exact, idx), 1.0 - engine.kept, out, act, as_probs, target,
+        bound = verify(lambda idx: self._replay_exact(exact, idx), 1.0 - engine.kept, out, act, as_probs, target,
                        p_clean, self.grid, check, max_error)
         if isinstance(bound, str):
             self.note = f"approximate mode (tau={tau}) {bound}; recomputed exactly"
@@ -261,7 +264,7 @@ class _Sweep:
 
         def replay(engine):
             def probs(idx):
-                found = self._replay(engine, idx)
+                found = self._replay_exact(engine, idx) if engine is exact else self._replay(engine, idx)
                 if found is None:
                     raise _Unreplayable
                 return _probabilities(found[0], as_probs), found[1]
@@ -335,6 +338,36 @@ class _Sweep:
         """(outputs, activations) of positions ``idx`` (default: all) by ``engine``, or None (why in the note)."""
         return self._guarded("incremental replay",
                              lambda: self._batches(lambda rows: engine.run(rows, self.patch, self.unit), idx))
+
+    def _replay_exact(self, exact, idx):
+        """``_replay`` by the exact engine, its results kept for the exact map should approximation fall back."""
+        found = self._replay(exact, idx)
+        if found is not None:
+            out, act = found
+            if self.known is None:
+                n = len(self.positions)
+                self.known = (np.zeros(n, dtype=bool), out.new_zeros(n, *out.shape[1:]),
+                              None if act is None else act.new_zeros(n))
+            done, outs, acts = self.known
+            done[idx], outs[idx] = True, out
+            if act is not None:
+                acts[idx] = act
+        return found
+
+    def _replay_rest(self, exact):
+        """The exact map: the positions an approximation already computed exactly, and the rest replayed."""
+        if self.known is None:
+            return self._replay(exact)
+        done, outs, acts = self.known
+        rest = np.flatnonzero(~done)
+        found = self._replay(exact, rest) if len(rest) else (outs[:0], None if acts is None else acts[:0])
+        if found is None:
+            return None
+        outs[rest] = found[0]
+        if acts is not None:
+            acts[rest] = found[1]
+        self.note += f" ({int(done.sum())} positions it had computed exactly kept)"
+        return outs, acts
 
     def _guarded(self, what: str, fn):
         """``fn()``, or None with the reason in the note when it raises anything but a ConvLensError: a forward

@@ -45,7 +45,8 @@ nets) is missed.
 computed; a truncated position off by more than ``max_error`` turns the projective-field threshold off (``tau``
 1) for the rest and has every truncated position recomputed; an SSIM below the bound doubles r. When the bound
 is still missed after the last round, or the positions replayed (approximate or exact, repeats counted) pass
-``EXACT_SHARE`` of the map, the caller recomputes the whole map exactly (and says so).
+``EXACT_SHARE`` of the map, the caller computes the map exactly (and says so), replaying only the positions
+not yet computed by the exact replay.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -138,15 +139,28 @@ def test_drilling_into_every_coarse_position_interpolates_nothing():
     assert result.method == "approximate" and not result.interpolated.any()
 
 
-def test_an_impossible_bound_falls_back_to_the_exact_map():
+def test_an_impossible_bound_falls_back_to_the_exact_map_keeping_what_it_computed_exactly(monkeypatch):
+    from convlens.units.incremental import Incremental
+
+    exact_rows, replay = [], Incremental.run
+
+    def counted(self, rows, *args, **kwargs):
+        if self.plan.tau is None:
+            exact_rows.append(len(rows))
+        return replay(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(Incremental, "run", counted)
     model = FIXTURE_MODELS["tiny_resnet"]().eval()
     x = _image(model.input_shape)
-    result = occlusion(model, x, window=8, stride=1, method="approximate", drill_down=0.1, tau=0.1, min_ssim=1.0,
-                       max_error=1e-12)
+    result = occlusion(model, x, window=8, stride=1, layer="layer2.conv2", unit=1, method="approximate",
+                       drill_down=0.1, tau=0.1, min_ssim=1.0, max_error=1e-12)
     assert result.method == "incremental" and "could not meet its bound" in result.note
     assert "recomputed exactly" in result.note and result.interpolated is None and result.ssim is None
-    p, _ = naive(model, x, 8, 1)
+    p, act = naive(model, x, 8, 1, layer="layer2.conv2", unit=1)
     np.testing.assert_allclose(result.p_target, p[..., result.target], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.activation, act, atol=1e-5, rtol=1e-5)
+    kept = int(re.search(r"(\d+) positions it had computed exactly kept", result.note).group(1))
+    assert 0 < kept < result.p_target.size and sum(exact_rows) < result.p_target.size + kept  # none computed twice
 
 
 def test_saved_and_loaded_and_files_without_drill_down_still_load(tmp_path):
