@@ -219,7 +219,7 @@ class Incremental:
         if val.full:
             return val.value
         base = self.nodes[node].base
-        out = base.expand(len(val.lo), *base.shape[1:]).contiguous(memory_format=torch.channels_last)
+        out = base.expand(len(val.lo), *base.shape[1:]).clone(memory_format=torch.channels_last)  # never base itself
         self.paste(out, val, np.zeros_like(val.lo))
         return out
 

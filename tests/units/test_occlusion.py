@@ -171,6 +171,16 @@ def test_threshold_to_full_maps_changes_nothing(rho):
     assert_matches(result, model, x, 6, 5, 0.0, "layer1.conv2")
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_whole_maps_of_one_channel_one_position_at_a_time(batch_size):
+    """A (1, 1, H, W) map is channels-last already: the replay must copy it, not paste into the recording."""
+    model = FIXTURE_MODELS["gray_net"]().eval()
+    x = _image(model.input_shape)
+    result = occlusion(model, x, window=6, stride=4, rho=0.01, batch_size=batch_size)
+    assert result.method == "incremental"
+    assert_matches(result, model, x, 6, 4)
+
+
 def test_incremental_recomputes_patches_not_whole_maps():
     from convlens.units.incremental import Incremental
     from convlens.units.opgraph import record
