@@ -4,9 +4,9 @@ Cases: VGG-16 with random weights (``_vgg16``: torchvision's initialization, the
 on the coffee photo at 224x224, a 32x32 square of value 0 every 8 px (25 x 25 = 625 positions): exact, and
 approximate with drill-down (``DRILL``, default coarse stride 32); the pretrained EfficientNet-Lite0
 (``convlens.pretrained()``, depthwise convs, SAME padding) on the coffee photo, 224x224, window 32, stride 8:
-exact and approximate (plain ``tau``) and approximate + drill-down; the demo shapesnet (``runs/demo``, else random weights) on one 64x64 test
-image, window 16, stride 4 (169 positions): exact. Both sides compute P(target) = softmax(model(x))[target] for the
-predicted class.
+exact and approximate (plain ``tau``) and approximate + drill-down; the demo shapesnet (``runs/demo``, else
+random weights) on one 64x64 test image, window 16, stride 4 (169 positions): exact. Both sides compute P(target) =
+softmax(model(x))[target] for the predicted class, on the same model instance.
 
 * Captum: ``Occlusion(f).attribute(x, sliding_window_shapes=(C, w, w), strides=(C, s, s), baselines=0, target=t,
   perturbations_per_eval=k)`` with ``f = softmax(model(.))``. **Its best k**: every k of ``PPE`` (1 ... 64) is timed
@@ -39,7 +39,7 @@ import time
 
 PPE = (1, 2, 4, 8, 16, 32, 64)
 PPE_TRIAL = 32  # positions each perturbations_per_eval is timed on (at least one batch) before the best's full run
-DRILL = dict(method="approximate", drill_down=0.05)  # the drill-down rows' options (tau: 1, its default with drill-down)
+DRILL = dict(method="approximate", drill_down=0.05)  # the drill-down rows' options (tau 1: its default with drill-down)
 
 
 def _threads():
@@ -181,13 +181,12 @@ def flop_bound(model, x, window, stride) -> float:
     return full / replay
 
 
-def _ours(name, window, stride, options):
-    """(seconds, OcclusionMap) of one convlens map, in this process."""
+def _ours(model, x, window, stride, options):
+    """(seconds, OcclusionMap) of one convlens map of ``model`` (the one Captum ran on), in this process."""
     import torch
 
     from convlens import occlusion
 
-    model, x, _ = _model(name)
     with torch.no_grad():
         target = int(model(x[None]).argmax())
     t = time.perf_counter()
@@ -223,7 +222,7 @@ def _child(side, name, window, stride, options_json):
     if side == "captum":  # stopped as the ppe trials are: its peak is that of one batch of ppe images
         _captum_run(model, x, target, window, stride, json.loads(options_json).get("ppe", 16), PPE_TRIAL)
     else:
-        _ours(name, window, stride, json.loads(options_json))
+        _ours(model, x, window, stride, json.loads(options_json))
 
 
 def _top5(p, p_clean):
@@ -248,7 +247,7 @@ def _case(label, name, window, stride, methods):
     bound = flop_bound(model, x, window, stride)
     rows, exact = [], None
     for tag, options in methods:
-        ours_s, m = _ours(name, window, stride, options)
+        ours_s, m = _ours(model, x, window, stride, options)
         if tag == "exact":
             exact = m
         row = {"case": f"{label} {tag}", "model": source, "positions": int(m.p_target.size), "convlens_s": ours_s,
