@@ -164,8 +164,8 @@ class Plan:
             if b is not None:
                 shift = shift + b.double() * scale
             w, b = (w.double() * scale.view(-1, 1, 1, 1)).to(w.dtype), shift.to(w.dtype)
-            win.conv, win.run, win.full = (w, b, s, p, d, groups), _conv(w, b, s, 0, d, groups), _conv(w, b, s, p, d,
-                                                                                                        groups)
+            win.conv = (w, b, s, p, d, groups)
+            win.run, win.full = _conv(w, b, s, 0, d, groups), _conv(*win.conv)
             self.steps[j] = Step(step.op, "alias", source=x.node)
 
     def _threshold(self, r: Region) -> Region:

@@ -360,12 +360,13 @@ class _Sweep:
             return self._replay(exact)
         done, outs, acts = self.known
         rest = np.flatnonzero(~done)
-        found = self._replay(exact, rest) if len(rest) else (outs[:0], None if acts is None else acts[:0])
-        if found is None:
-            return None
-        outs[rest] = found[0]
-        if acts is not None:
-            acts[rest] = found[1]
+        if len(rest):
+            found = self._replay(exact, rest)
+            if found is None:
+                return None
+            outs[rest] = found[0]
+            if acts is not None:
+                acts[rest] = found[1]
         self.note += f" ({int(done.sum())} positions it had computed exactly kept)"
         return outs, acts
 

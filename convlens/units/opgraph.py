@@ -109,28 +109,30 @@ def _signature(func) -> inspect.Signature | None:
     return _SIGNATURES[id(func)]
 
 
+def _bound(func, args, kwargs) -> inspect.BoundArguments | None:
+    """The call's arguments bound to ``func``'s signature, for a function that takes ``inplace`` (else None)."""
+    sig = _signature(func)
+    if sig is None or "inplace" not in sig.parameters:
+        return None
+    try:
+        return sig.bind(*args, **kwargs)
+    except TypeError:
+        return None
+
+
 def _inplace_flag(func, args, kwargs) -> bool:
     """``inplace=True`` given by keyword or by position (``F.relu(x, True)``)."""
     if kwargs.get("inplace") is True:
         return True
-    sig = _signature(func)
-    if sig is None or "inplace" not in sig.parameters:
-        return False
-    try:
-        return sig.bind(*args, **kwargs).arguments.get("inplace") is True
-    except TypeError:
-        return False
+    bound = _bound(func, args, kwargs)
+    return bound is not None and bound.arguments.get("inplace") is True
 
 
 def as_inplace(func, args, kwargs) -> tuple | None:
     """``(args, kwargs)`` with ``inplace=True`` for a function that takes ``inplace`` (``F.relu``,
     ``F.hardtanh``); None for one that does not."""
-    sig = _signature(func)
-    if sig is None or "inplace" not in sig.parameters:
-        return None
-    try:
-        bound = sig.bind(*args, **kwargs)
-    except TypeError:
+    bound = _bound(func, args, kwargs)
+    if bound is None:
         return None
     bound.arguments["inplace"] = True
     return bound.args, bound.kwargs
